@@ -1,0 +1,366 @@
+//! The TOML config file (contract §3). Unknown keys are errors, durations are strings
+//! like `"250ms"`, and secrets never stand in the file: `*_env` names an environment
+//! variable, `*_file` a file. Relative paths are relative to the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Option<Admin>,
+    pub upstream: Upstream,
+    pub iam: Iam,
+    #[serde(default)]
+    pub policy: Policy,
+    pub audit: Audit,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub clients: Vec<ClientSpec>,
+    /// The directory of the config file; relative paths in it start here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: SocketAddr,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default = "defaults::header_timeout", deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(default = "defaults::request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: Option<ServerTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    #[serde(deserialize_with = "uri")]
+    pub url: http::Uri,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "defaults::upstream_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub unmatched: Unmatched,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    #[default]
+    Reject,
+    Forward,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Iam {
+    pub method: IamMethod,
+    #[serde(default, deserialize_with = "optional_uri")]
+    pub endpoint: Option<http::Uri>,
+    pub user: Option<String>,
+    pub domain: Option<String>,
+    pub password_env: Option<String>,
+    pub project: Option<String>,
+    pub project_id: Option<String>,
+    pub project_domain: Option<String>,
+    #[serde(default = "defaults::refresh_before", deserialize_with = "duration")]
+    pub refresh_before: Duration,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub agency_name: Option<String>,
+    pub agency_domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IamMethod {
+    Password,
+    Agency,
+    TokenFile,
+    TokenEnv,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default = "defaults::policy_dir")]
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub mode: PolicyMode,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            dir: defaults::policy_dir(),
+            mode: PolicyMode::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    DryRun,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub fsync: Fsync,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    pub hmac_key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Always,
+    #[default]
+    Batch,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Reject,
+    Continue,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    pub id: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub api_key_sha256: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key_env: Option<String>,
+    pub secret_key_file: Option<PathBuf>,
+    pub tls_subject: Option<String>,
+    pub tls_san: Option<String>,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn max_body_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn upstream_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn refresh_before() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn policy_dir() -> PathBuf {
+        PathBuf::from("policies")
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"250ms\", \"10s\" or \"1h\": {e}"
+        ))
+    })
+}
+
+fn uri<'de, D: Deserializer<'de>>(deserializer: D) -> Result<http::Uri, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse()
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a URL: {e}")))
+}
+
+fn optional_uri<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<http::Uri>, D::Error> {
+    uri(deserializer).map(Some)
+}
+
+impl Config {
+    /// Parse a config file. The error names the file, and toml's message names the line.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(config)
+    }
+
+    /// A path from the config, made absolute against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() || path.as_os_str() == "-" {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// Problems that parse but make no sense together, each as a sentence for `check`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let scheme = self.upstream.url.scheme_str();
+        if !matches!(scheme, Some("http") | Some("https")) || self.upstream.url.host().is_none() {
+            problems.push(format!(
+                "[upstream] url {:?} must be an http:// or https:// URL with a host",
+                self.upstream.url.to_string()
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            problems.push("[server] max_body_bytes must be at least 1".into());
+        }
+        match self.iam.method {
+            IamMethod::TokenEnv if self.iam.token_env.is_none() => {
+                problems.push("[iam] method = \"token_env\" needs token_env = \"VARIABLE\"".into())
+            }
+            IamMethod::TokenFile if self.iam.token_file.is_none() => {
+                problems.push("[iam] method = \"token_file\" needs token_file = \"PATH\"".into())
+            }
+            IamMethod::Password | IamMethod::Agency => problems.push(format!(
+                "[iam] method = {:?} is not available yet; use \"token_env\" or \"token_file\"",
+                match self.iam.method {
+                    IamMethod::Password => "password",
+                    _ => "agency",
+                }
+            )),
+            _ => {}
+        }
+        if self.clients.is_empty() && !self.auth.allow_anonymous {
+            problems.push(
+                "no [[clients]] are configured and [auth] allow_anonymous is false: nobody could use the gateway".into(),
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for client in &self.clients {
+            if !ids.insert(client.id.as_str()) {
+                problems.push(format!("[[clients]] id {:?} appears twice", client.id));
+            }
+            if client.id == "anonymous" {
+                problems.push(
+                    "[[clients]] id \"anonymous\" is reserved for unauthenticated requests".into(),
+                );
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+[upstream]
+url = "http://127.0.0.1:9000"
+[iam]
+method = "token_env"
+token_env = "SWR_GATE_TOKEN"
+[audit]
+path = "audit.jsonl"
+[[clients]]
+id = "ci"
+api_key_sha256 = "00"
+"#;
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let config = Config::parse(MINIMAL, Path::new("/etc/swr-gate/gate.toml")).unwrap();
+        assert_eq!(config.server.max_body_bytes, 65536);
+        assert_eq!(config.server.header_timeout, Duration::from_secs(5));
+        assert_eq!(config.upstream.unmatched, Unmatched::Reject);
+        assert_eq!(
+            config.resolve(Path::new("audit.jsonl")),
+            Path::new("/etc/swr-gate/audit.jsonl")
+        );
+        assert!(!config.auth.allow_anonymous);
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let text = MINIMAL.replace("[audit]", "[audit]\nfsnyc = \"always\"");
+        let error = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
+        assert!(error.starts_with("gate.toml: "), "{error}");
+        assert!(error.contains("line 10"), "{error}");
+        assert!(error.contains("fsnyc"), "{error}");
+    }
+
+    #[test]
+    fn bad_durations_say_what_is_expected() {
+        let text = MINIMAL.replace("[upstream]", "[upstream]\ntimeout = \"soon\"");
+        let error = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
+        assert!(error.contains("not a duration"), "{error}");
+    }
+}

@@ -1,0 +1,185 @@
+//! The errors swr-gate answers itself, in the JSON shape SWR uses so the official SDKs
+//! parse them, with `SWR.GATE.*` codes so nobody mistakes them for SWR's own.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+/// Every distinct cause a client can be refused for. The code is part of the contract:
+/// scripts match on it, so a variant's code never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    PathRejected,
+    SchemaViolation,
+    MalformedJson,
+    DuplicateKey,
+    NestingTooDeep,
+    BodyNotUtf8,
+    MethodOverride,
+    QueryNotAllowed,
+    NotAuthenticated,
+    UnknownCredential,
+    BadSignature,
+    StaleDate,
+    Replay,
+    MalformedAuthorization,
+    AmbiguousCredentials,
+    UnmatchedRoute,
+    BodyTimeout,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    UpstreamUnreachable,
+    NoToken,
+    AuditUnavailable,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        use ErrorKind::*;
+        match self {
+            PathRejected | SchemaViolation | MalformedJson | DuplicateKey | NestingTooDeep
+            | BodyNotUtf8 | MethodOverride | QueryNotAllowed => StatusCode::BAD_REQUEST,
+            NotAuthenticated
+            | UnknownCredential
+            | BadSignature
+            | StaleDate
+            | Replay
+            | MalformedAuthorization
+            | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
+            UnmatchedRoute => StatusCode::NOT_FOUND,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            NoToken | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// `SWR.GATE.` + HTTP status + a four-digit id, like SWR's `SVCSTG.SWR.4010000`.
+    pub fn code(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            PathRejected => "SWR.GATE.4000001",
+            SchemaViolation => "SWR.GATE.4000002",
+            MalformedJson => "SWR.GATE.4000003",
+            DuplicateKey => "SWR.GATE.4000004",
+            NestingTooDeep => "SWR.GATE.4000005",
+            BodyNotUtf8 => "SWR.GATE.4000006",
+            MethodOverride => "SWR.GATE.4000007",
+            QueryNotAllowed => "SWR.GATE.4000008",
+            NotAuthenticated => "SWR.GATE.4010001",
+            UnknownCredential => "SWR.GATE.4010002",
+            BadSignature => "SWR.GATE.4010003",
+            StaleDate => "SWR.GATE.4010004",
+            Replay => "SWR.GATE.4010005",
+            MalformedAuthorization => "SWR.GATE.4010006",
+            AmbiguousCredentials => "SWR.GATE.4010007",
+            UnmatchedRoute => "SWR.GATE.4040001",
+            BodyTimeout => "SWR.GATE.4080001",
+            BodyTooLarge => "SWR.GATE.4130001",
+            UnsupportedMediaType => "SWR.GATE.4150001",
+            UpstreamUnreachable => "SWR.GATE.5020001",
+            NoToken => "SWR.GATE.5030001",
+            AuditUnavailable => "SWR.GATE.5030002",
+            UpstreamTimeout => "SWR.GATE.5040001",
+            Internal => "SWR.GATE.5000001",
+        }
+    }
+
+    /// Which pipeline stage refused the request, as the audit record's `denied_by` says it.
+    pub fn stage(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            PathRejected | MethodOverride | QueryNotAllowed | UnmatchedRoute => "route",
+            NotAuthenticated
+            | UnknownCredential
+            | BadSignature
+            | StaleDate
+            | Replay
+            | MalformedAuthorization
+            | AmbiguousCredentials => "auth",
+            MalformedJson | DuplicateKey | NestingTooDeep | BodyNotUtf8 | BodyTimeout
+            | BodyTooLarge | UnsupportedMediaType => "body",
+            SchemaViolation => "schema",
+            UpstreamUnreachable | UpstreamTimeout | NoToken | AuditUnavailable | Internal => {
+                "upstream"
+            }
+        }
+    }
+}
+
+/// One violation inside a request body, located by JSON pointer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Detail {
+    pub pointer: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// A refusal: what went wrong, said so that a person understands it, and where.
+#[derive(Debug, Clone)]
+pub struct GateError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub details: Vec<Detail>,
+}
+
+impl GateError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GateError {
+            kind,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: Vec<Detail>) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// The JSON body SWR's SDKs understand: `error_code`, `error_msg`, plus ours.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error_code: &'a str,
+            error_msg: &'a str,
+            request_id: &'a str,
+            #[serde(skip_serializing_if = "<[Detail]>::is_empty")]
+            details: &'a [Detail],
+        }
+        let body = Body {
+            error_code: self.kind.code(),
+            error_msg: &self.message,
+            request_id,
+            details: &self.details,
+        };
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<Bytes> {
+        let mut response = Response::new(self.body(request_id));
+        *response.status_mut() = self.kind.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(value) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", value);
+        }
+        response
+    }
+}
+
+impl std::fmt::Display for GateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.code(), self.message)
+    }
+}
+
+impl std::error::Error for GateError {}

@@ -1,0 +1,21 @@
+//! swr-gate: a policy gateway in front of Huawei Cloud SWR's permission API.
+//!
+//! A request goes through [`pipeline`]: [`route`] → [`auth`] → [`body`] → [`schema`] →
+//! [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`].
+
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod body;
+pub mod check;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod iam;
+pub mod keygen;
+pub mod pipeline;
+pub mod route;
+pub mod schema;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,109 @@
+//! The `swr-gate` command line. Parsing only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "swr-gate",
+    version,
+    about = "A policy gateway for Huawei Cloud SWR's permission API"
+)]
+struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Load and validate the config, schemas and routes; print every problem.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make a new client credential and print the config lines for it.
+    Keygen {
+        #[command(subcommand)]
+        kind: KeyKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyKind {
+    /// An API key, sent as `Authorization: Bearer KEY` or `X-Api-Key: KEY`.
+    ApiKey {
+        /// The client id the config lines are for.
+        #[arg(long, default_value = "new-client")]
+        client: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve { config } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => return fail(&format!("cannot start the runtime: {error}")),
+            };
+            match runtime.block_on(swr_gate::server::serve(&config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Check { config } => {
+            let problems = swr_gate::check::check(&config);
+            if problems.is_empty() {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            } else {
+                for problem in &problems {
+                    eprintln!("error: {problem}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+        Command::Keygen { kind } => {
+            match kind {
+                KeyKind::ApiKey { client } => print!("{}", swr_gate::keygen::api_key(&client)),
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    for line in message.lines() {
+        eprintln!("error: {line}");
+    }
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,471 @@
+//! The request pipeline, in the order the product sentence says it:
+//! route → authenticate → read body → schema → token → forward → audit.
+//! Each stage lives in its own module; this file only puts them in order and keeps the
+//! account of what happened for the audit record.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::audit::{self, AuditLog, Decision, Record, Stage};
+use crate::auth::Identity;
+use crate::body;
+use crate::config::{OnFailure, Unmatched};
+use crate::crypto::{hex, random_bytes};
+use crate::error::{ErrorKind, GateError};
+use crate::iam::TokenSource;
+use crate::route::{Resolved, Target};
+use crate::snapshot::Snapshot;
+use crate::upstream::{self, UpstreamBody};
+
+pub type GateBody = UpstreamBody;
+
+/// The running gateway: the current snapshot and the parts that outlive reloads.
+pub struct Gate {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub tokens: Arc<TokenSource>,
+    pub audit: AuditLog,
+}
+
+/// Handle one request. Never fails: every refusal is an answer in the contract's shape,
+/// and every answer leaves an audit record.
+pub async fn handle(
+    gate: Arc<Gate>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<GateBody> {
+    let snapshot = gate.snapshot.load_full();
+    let mut exchange = Exchange::begin(&snapshot, peer, &request);
+    let mut response = match process(&gate, &snapshot, &mut exchange, request).await {
+        Ok(response) => response,
+        Err(error) => exchange.refuse(error),
+    };
+    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    exchange.status = Some(response.status().as_u16());
+    if let Err(error) = gate.audit.write(exchange.record(Stage::Completed)).await {
+        tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written");
+    }
+    response
+}
+
+async fn process(
+    gate: &Gate,
+    snapshot: &Snapshot,
+    exchange: &mut Exchange,
+    request: Request<Incoming>,
+) -> Result<Response<GateBody>, GateError> {
+    let (parts, body) = request.into_parts();
+    refuse_method_override(&parts.headers)?;
+
+    let resolved = snapshot
+        .routes
+        .resolve(&parts.method, parts.uri.path(), parts.uri.query())?;
+    exchange.routed(snapshot, &resolved);
+    if matches!(resolved, Resolved::Unmatched { .. })
+        && snapshot.config.upstream.unmatched == Unmatched::Reject
+    {
+        return Err(GateError::new(
+            ErrorKind::UnmatchedRoute,
+            format!(
+                "{} {} is not an operation this gateway serves",
+                parts.method,
+                parts.uri.path()
+            ),
+        ));
+    }
+
+    exchange.identity = Some(snapshot.clients.authenticate(&parts.headers)?);
+
+    match resolved {
+        Resolved::Guarded {
+            route,
+            upstream_path,
+            ..
+        } => {
+            let document = read_document(snapshot, &parts.headers, body).await?;
+            exchange.describe(&document);
+
+            let violations = snapshot.schemas[route].validate(&document);
+            if !violations.is_empty() {
+                let operation = &snapshot.routes.route(route).operation;
+                return Err(GateError::new(
+                    ErrorKind::SchemaViolation,
+                    format!("request body does not match the schema of {operation}"),
+                )
+                .with_details(violations));
+            }
+
+            let token = gate.tokens.current()?;
+            exchange.decision = Decision::Allow;
+            record_decision(gate, snapshot, exchange).await?;
+            let canonical = Full::new(Bytes::from(document.to_string()))
+                .map_err(|never| match never {})
+                .boxed();
+            forward(
+                snapshot,
+                exchange,
+                &parts.headers,
+                parts.method,
+                canonical,
+                &upstream_path,
+                token,
+            )
+            .await
+        }
+        Resolved::Unmatched { path_and_query } => {
+            let token = gate.tokens.current()?;
+            exchange.decision = Decision::Allow;
+            forward(
+                snapshot,
+                exchange,
+                &parts.headers,
+                parts.method,
+                body.boxed(),
+                &path_and_query,
+                token,
+            )
+            .await
+        }
+    }
+}
+
+/// `X-HTTP-Method-Override` and friends let a POST be read as a PATCH by some backends:
+/// the method checked would not be the method executed.
+fn refuse_method_override(headers: &HeaderMap) -> Result<(), GateError> {
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        if headers.contains_key(name) {
+            return Err(GateError::new(
+                ErrorKind::MethodOverride,
+                format!("the {name} header is refused: send the real method"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn read_document(
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Value, GateError> {
+    body::check_content_type(headers)?;
+    let server = &snapshot.config.server;
+    let bytes = tokio::time::timeout(
+        server.request_timeout,
+        body::read_limited(headers, body, server.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        GateError::new(
+            ErrorKind::BodyTimeout,
+            "the request body did not arrive in time",
+        )
+    })??;
+    body::parse_strict(&bytes)
+}
+
+/// The `decided` record goes out before the request leaves for SWR, so a crash between
+/// the two still leaves a trace of what was allowed.
+async fn record_decision(
+    gate: &Gate,
+    snapshot: &Snapshot,
+    exchange: &Exchange,
+) -> Result<(), GateError> {
+    match gate.audit.write(exchange.record(Stage::Decided)).await {
+        Ok(()) => Ok(()),
+        Err(error) if snapshot.config.audit.on_failure == OnFailure::Continue => {
+            tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written; forwarding anyway (on_failure = \"continue\")");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written; refusing");
+            Err(GateError::new(
+                ErrorKind::AuditUnavailable,
+                "the audit log cannot be written",
+            ))
+        }
+    }
+}
+
+async fn forward(
+    snapshot: &Snapshot,
+    exchange: &mut Exchange,
+    client_headers: &HeaderMap,
+    method: http::Method,
+    body: GateBody,
+    path_and_query: &str,
+    token: crate::iam::Token,
+) -> Result<Response<GateBody>, GateError> {
+    let mut headers = upstream::request_headers_for_upstream(client_headers);
+    headers.insert("x-auth-token", token.header_value());
+    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
+        headers.insert("x-request-id", id);
+    }
+    let forwarded_for = match client_headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(chain) => format!("{chain}, {}", exchange.peer.ip()),
+        None => exchange.peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.headers_mut() = headers;
+
+    let started = Instant::now();
+    let result = snapshot.upstream.send(request, path_and_query).await;
+    exchange.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let response = result?;
+    exchange.upstream_status = Some(response.status().as_u16());
+    let (mut parts, body) = response.into_parts();
+    upstream::response_headers_for_client(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// The running account of one request, from which its audit records are made.
+struct Exchange {
+    started: Instant,
+    peer: SocketAddr,
+    request_id: String,
+    client_ip: IpAddr,
+    method: String,
+    path: String,
+    operation: Option<String>,
+    target: Target,
+    identity: Option<Identity>,
+    grants: Option<Vec<audit::Grant>>,
+    sharing: Option<audit::Sharing>,
+    decision: Decision,
+    error: Option<GateError>,
+    status: Option<u16>,
+    upstream_status: Option<u16>,
+    upstream_ms: Option<f64>,
+}
+
+impl Exchange {
+    fn begin(snapshot: &Snapshot, peer: SocketAddr, request: &Request<Incoming>) -> Exchange {
+        Exchange {
+            started: Instant::now(),
+            peer,
+            request_id: request_id(request.headers()),
+            client_ip: client_ip(
+                peer.ip(),
+                request.headers(),
+                &snapshot.config.server.trusted_proxies,
+            ),
+            method: request.method().to_string(),
+            path: request
+                .uri()
+                .path()
+                .chars()
+                .take(crate::route::MAX_PATH_BYTES)
+                .collect(),
+            operation: None,
+            target: Target::default(),
+            identity: None,
+            grants: None,
+            sharing: None,
+            decision: Decision::Error,
+            error: None,
+            status: None,
+            upstream_status: None,
+            upstream_ms: None,
+        }
+    }
+
+    fn routed(&mut self, snapshot: &Snapshot, resolved: &Resolved) {
+        if let Resolved::Guarded { route, target, .. } = resolved {
+            self.operation = Some(snapshot.routes.route(*route).operation.clone());
+            self.target = target.clone();
+        }
+    }
+
+    /// Keep what the body says in the record's terms: grants or a sharing.
+    fn describe(&mut self, document: &Value) {
+        match document {
+            Value::Array(items) => {
+                self.grants = Some(
+                    items
+                        .iter()
+                        .map(|item| audit::Grant {
+                            user_id: text(item, "user_id"),
+                            user_name: text(item, "user_name"),
+                            auth: item.get("auth").and_then(Value::as_i64).unwrap_or_default(),
+                        })
+                        .collect(),
+                )
+            }
+            Value::Object(_) if document.get("permit").is_some() => {
+                self.sharing = Some(audit::Sharing {
+                    permit: text(document, "permit"),
+                    deadline: text(document, "deadline"),
+                    description: document
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                })
+            }
+            _ => {}
+        }
+    }
+
+    fn refuse(&mut self, error: GateError) -> Response<GateBody> {
+        self.decision = match error.kind.status().as_u16() {
+            500.. => Decision::Error,
+            _ => Decision::Deny,
+        };
+        let response = error.clone().into_response(&self.request_id);
+        self.error = Some(error);
+        response.map(|bytes| Full::new(bytes).map_err(|never| match never {}).boxed())
+    }
+
+    fn record(&self, stage: Stage) -> Record {
+        let (denied_by, reasons) = match &self.error {
+            None => (None, Vec::new()),
+            Some(error) => {
+                let mut reasons: Vec<audit::Reason> = error
+                    .details
+                    .iter()
+                    .map(|d| audit::Reason {
+                        code: error.kind.code(),
+                        message: d.message.clone(),
+                        pointer: Some(d.pointer.clone()),
+                    })
+                    .collect();
+                reasons.insert(
+                    0,
+                    audit::Reason {
+                        code: error.kind.code(),
+                        message: error.message.clone(),
+                        pointer: None,
+                    },
+                );
+                (Some(error.kind.stage()), reasons)
+            }
+        };
+        Record {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            request_id: self.request_id.clone(),
+            stage,
+            client: self.identity.as_ref().map(|i| i.client.id.clone()),
+            auth_method: self.identity.as_ref().map(|i| i.method),
+            client_ip: self.client_ip.to_string(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            operation: self.operation.clone(),
+            namespace: self.target.namespace.clone(),
+            repository: self.target.repository.clone(),
+            access_domain: self.target.access_domain.clone(),
+            grants: self.grants.clone(),
+            sharing: self.sharing.clone(),
+            decision: self.decision,
+            denied_by,
+            reasons,
+            policies: Vec::new(),
+            dry_run: false,
+            status: self.status,
+            upstream_status: self.upstream_status,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms: self.upstream_ms,
+        }
+    }
+}
+
+fn text(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The client's own `X-Request-Id` when it is a sane token, else a fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| hex(&random_bytes::<16>()))
+}
+
+/// The peer, unless the peer is a trusted proxy: then the nearest X-Forwarded-For entry
+/// that is not itself a trusted proxy. An untrusted client's header is never believed.
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return peer;
+        };
+        for entry in value.split(',') {
+            match entry.trim().parse() {
+                Ok(ip) => hops.push(ip),
+                Err(_) => return peer,
+            }
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2, 10.0.0.7".parse().unwrap(),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let outsider: IpAddr = "3.3.3.3".parse().unwrap();
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(outsider, &headers, &trusted), outsider);
+        headers.insert("x-forwarded-for", "junk".parse().unwrap());
+        assert_eq!(client_ip(proxy, &headers, &trusted), proxy);
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert("x-request-id", "a b\"c".parse().unwrap());
+        assert_eq!(request_id(&headers).len(), 32);
+    }
+}

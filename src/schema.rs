@@ -1,0 +1,216 @@
+//! JSON Schema validation of guarded bodies. Schemas are compiled once at load, so a
+//! broken schema is a load error naming its file, never a 500 at request time.
+
+use std::collections::HashSet;
+
+use jsonschema::paths::{LazyLocation, Location};
+use jsonschema::{Keyword, ValidationError, Validator};
+use serde_json::{Map, Value};
+
+use crate::error::Detail;
+
+/// Most violations listed in one answer; a hostile body could otherwise make thousands.
+const MAX_DETAILS: usize = 50;
+
+/// A compiled schema for one operation.
+pub struct Schema {
+    validator: Validator,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Schema")
+    }
+}
+
+impl Schema {
+    /// Compile a draft 2020-12 schema with `format` asserted (2020-12 only annotates it by
+    /// default, which would let `"deadline":"yesterday"` through).
+    pub fn compile(schema: &Value) -> Result<Schema, String> {
+        jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .with_keyword("x-unique-by", unique_by_factory)
+            .build(schema)
+            .map(|validator| Schema { validator })
+            .map_err(|e| format!("{e} (at {})", pointer_or_root(&e.schema_path)))
+    }
+
+    /// Every violation, each with the JSON pointer of the offending value.
+    pub fn validate(&self, instance: &Value) -> Vec<Detail> {
+        self.validator
+            .iter_errors(instance)
+            .take(MAX_DETAILS)
+            .map(|error| Detail {
+                pointer: error.instance_path.to_string(),
+                reason: keyword(&error.schema_path),
+                message: error.to_string(),
+            })
+            .collect()
+    }
+}
+
+fn pointer_or_root(location: &Location) -> String {
+    let s = location.to_string();
+    if s.is_empty() {
+        "/".into()
+    } else {
+        s
+    }
+}
+
+/// The schema keyword that failed: the last part of the schema path (`enum`, `required`).
+fn keyword(schema_path: &Location) -> String {
+    schema_path
+        .as_str()
+        .rsplit('/')
+        .next()
+        .filter(|k| !k.is_empty())
+        .unwrap_or("schema")
+        .to_owned()
+}
+
+/// `"x-unique-by": "user_id"`: no two array items may share that property's value.
+/// JSON Schema's `uniqueItems` compares whole items, so two grants for one user with
+/// different `auth` would pass it, and which one SWR applies would be anybody's guess.
+struct UniqueBy {
+    property: String,
+}
+
+// The signature is the one jsonschema's `with_keyword` requires.
+#[allow(clippy::result_large_err)]
+fn unique_by_factory<'a>(
+    _parent: &'a Map<String, Value>,
+    value: &'a Value,
+    path: Location,
+) -> Result<Box<dyn Keyword>, ValidationError<'a>> {
+    match value.as_str() {
+        Some(property) => Ok(Box::new(UniqueBy {
+            property: property.to_owned(),
+        })),
+        None => Err(ValidationError::custom(
+            Location::new(),
+            path,
+            value,
+            "x-unique-by must name a property",
+        )),
+    }
+}
+
+impl UniqueBy {
+    /// Index of the first item whose property repeats an earlier item's.
+    fn first_repeat(&self, instance: &Value) -> Option<usize> {
+        let items = instance.as_array()?;
+        let mut seen = HashSet::with_capacity(items.len());
+        items.iter().position(|item| {
+            item.get(&self.property)
+                .is_some_and(|v| !seen.insert(v.to_string()))
+        })
+    }
+}
+
+impl Keyword for UniqueBy {
+    fn validate<'i>(
+        &self,
+        instance: &'i Value,
+        location: &LazyLocation,
+    ) -> Result<(), ValidationError<'i>> {
+        match self.first_repeat(instance) {
+            None => Ok(()),
+            Some(index) => {
+                let at = Location::from(location).join(index);
+                Err(ValidationError::custom(
+                    Location::new().join("x-unique-by"),
+                    at,
+                    instance,
+                    format!("two items have the same {}", self.property),
+                ))
+            }
+        }
+    }
+
+    fn is_valid(&self, instance: &Value) -> bool {
+        self.first_repeat(instance).is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema(name: &str) -> Schema {
+        let path = format!(
+            "{}/policies/schemas/{name}.schema.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        Schema::compile(&serde_json::from_str(&text).unwrap()).unwrap()
+    }
+
+    const USER: &str = "fb3f175c1fd146ab8cdae3272be6107b";
+
+    #[test]
+    fn grants_accept_the_documented_example() {
+        let grants = schema("create_user_repository_auth");
+        assert!(grants
+            .validate(&json!([{"user_id": USER, "user_name": "user01", "auth": 7}]))
+            .is_empty());
+    }
+
+    #[test]
+    fn grants_list_every_violation_with_its_pointer() {
+        let grants = schema("update_user_repository_auth");
+        let details = grants.validate(&json!([
+            {"user_id": USER, "user_name": "user01", "auth": 2},
+            {"user_id": "NOT-HEX", "user_name": "u", "auth": 1, "extra": true}
+        ]));
+        let pointers: Vec<(&str, &str)> = details
+            .iter()
+            .map(|d| (d.pointer.as_str(), d.reason.as_str()))
+            .collect();
+        assert!(pointers.contains(&("/0/auth", "enum")), "{pointers:?}");
+        assert!(
+            pointers.contains(&("/1/user_id", "pattern")),
+            "{pointers:?}"
+        );
+        assert!(
+            pointers.contains(&("/1", "additionalProperties")),
+            "{pointers:?}"
+        );
+    }
+
+    #[test]
+    fn grants_refuse_empty_and_repeated_users() {
+        let grants = schema("create_user_repository_auth");
+        assert_eq!(grants.validate(&json!([]))[0].reason, "minItems");
+        let twice = grants.validate(&json!([
+            {"user_id": USER, "user_name": "a", "auth": 1},
+            {"user_id": USER, "user_name": "a", "auth": 7}
+        ]));
+        assert_eq!(twice.len(), 1, "{twice:?}");
+        assert_eq!(twice[0].pointer, "/1");
+        assert_eq!(twice[0].reason, "x-unique-by");
+    }
+
+    #[test]
+    fn sharing_needs_read_and_a_real_deadline() {
+        let sharing = schema("update_repo_domains");
+        for ok in [
+            json!({"permit": "read", "deadline": "forever"}),
+            json!({"permit": "read", "deadline": "2026-12-31T16:00:00.000Z", "description": "partner"}),
+        ] {
+            assert!(sharing.validate(&ok).is_empty(), "{ok}");
+        }
+        for bad in [
+            json!({"permit": "write", "deadline": "forever"}),
+            json!({"permit": "read", "deadline": "2026-02-30T16:00:00Z"}),
+            json!({"permit": "read", "deadline": "2026-12-31T16:00:00+08:00"}),
+            json!({"permit": "read", "deadline": "tomorrow"}),
+            json!({"permit": "read"}),
+            json!({"permit": "read", "deadline": "forever", "description": "x".repeat(513)}),
+            json!({"permit": "read", "deadline": "forever", "owner": "me"}),
+        ] {
+            assert!(!sharing.validate(&bad).is_empty(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The connection to SWR: a pooled HTTP/1.1 client over rustls, and the header hygiene
+//! that decides what SWR sees of the client's request and what the client sees back.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::config::Config;
+use crate::error::{ErrorKind, GateError};
+
+pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    scheme_authority: String,
+    authority: HeaderValue,
+    base_path: String,
+    timeout: Duration,
+}
+
+/// A rustls client config trusting the webpki roots plus an optional extra CA file.
+pub fn tls_client_config(
+    extra_ca: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate found", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        }
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+impl Upstream {
+    pub fn from_config(config: &Config) -> Result<Upstream, String> {
+        let url = &config.upstream.url;
+        let tls = tls_client_config(
+            config
+                .upstream
+                .ca_file
+                .as_ref()
+                .map(|p| config.resolve(p))
+                .as_deref(),
+        )?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.upstream.connect_timeout));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let authority = url
+            .authority()
+            .ok_or("[upstream] url has no host")?
+            .as_str();
+        Ok(Upstream {
+            client,
+            scheme_authority: format!("{}://{authority}", url.scheme_str().unwrap_or("https")),
+            authority: HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            timeout: config.upstream.timeout,
+        })
+    }
+
+    /// Send one request to SWR at `path_and_query`. Connection failures are 502, no
+    /// answer within the timeout is 504; neither ever hangs the client.
+    pub async fn send(
+        &self,
+        mut request: Request<UpstreamBody>,
+        path_and_query: &str,
+    ) -> Result<Response<Incoming>, GateError> {
+        let uri: Uri = format!(
+            "{}{}{}",
+            self.scheme_authority, self.base_path, path_and_query
+        )
+        .parse()
+        .map_err(|_| GateError::new(ErrorKind::Internal, "could not build the upstream URL"))?;
+        *request.uri_mut() = uri;
+        *request.version_mut() = http::Version::HTTP_11;
+        request
+            .headers_mut()
+            .insert(header::HOST, self.authority.clone());
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => Err(GateError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "SWR did not answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            )),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error_chain(&error), "upstream request failed");
+                let message = if error.is_connect() {
+                    "SWR could not be reached"
+                } else {
+                    "the connection to SWR failed before it answered"
+                };
+                Err(GateError::new(ErrorKind::UpstreamUnreachable, message))
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus any
+/// the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// What SWR may see of the client's headers: no credential of the client's (the SDK's
+/// signature headers included), no hop-by-hop header, no framing we did not choose.
+pub fn request_headers_for_upstream(client_headers: &HeaderMap) -> HeaderMap {
+    let mut headers = client_headers.clone();
+    remove_hop_by_hop(&mut headers);
+    let credential = |name: &HeaderName| {
+        let name = name.as_str();
+        matches!(
+            name,
+            "authorization"
+                | "x-auth-token"
+                | "x-security-token"
+                | "x-api-key"
+                | "cookie"
+                | "host"
+                | "content-length"
+        ) || name.starts_with("x-sdk-")
+    };
+    let names: Vec<HeaderName> = headers.keys().filter(|n| credential(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// What the client may see of SWR's answer: everything but hop-by-hop headers.
+pub fn response_headers_for_client(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_credentials_and_hop_by_hop_headers_never_reach_swr() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "SDK-HMAC-SHA256 Access=x"),
+            ("x-auth-token", "client-token"),
+            ("x-security-token", "sts"),
+            ("x-sdk-date", "20260101T000000Z"),
+            ("x-sdk-content-sha256", "UNSIGNED-PAYLOAD"),
+            ("x-api-key", "key"),
+            ("connection", "x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("x-project-id", "p1"),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+        let forwarded = request_headers_for_upstream(&headers);
+        let mut names: Vec<&str> = forwarded.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-project-id"]);
+    }
+}

@@ -1,0 +1,476 @@
+//! Test harness: the real `swr-gate` binary, a stand-in SWR that records what it gets,
+//! and a raw HTTP/1.1 client that sends exactly the bytes a test writes.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+pub const TOKEN: &str = "gAAAAABtest-iam-token-0123456789";
+pub const API_KEY: &str = "swrg_test_key_ci";
+pub const OTHER_API_KEY: &str = "swrg_test_key_release";
+pub const USER: &str = "fb3f175c1fd146ab8cdae3272be6107b";
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    swr_gate::crypto::hex(&swr_gate::crypto::sha256(data))
+}
+
+/// What the stand-in SWR received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// How the stand-in answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    Normal,
+    Slow(Duration),
+    Reset,
+}
+
+/// A stand-in for SWR's permission API: it checks the token, knows which images exist
+/// (404 otherwise, like SWR), checks bodies are JSON, and records everything.
+pub struct StandInSwr {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl StandInSwr {
+    pub fn start() -> StandInSwr {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let behaviour = Arc::new(Mutex::new(Behaviour::Normal));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let images: Arc<HashSet<&'static str>> = Arc::new(
+            ["team-a/app", "team-a/group/app", "team-b/tool"]
+                .into_iter()
+                .collect(),
+        );
+        let (rec, beh) = (received.clone(), behaviour.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (rec, beh, images) = (rec.clone(), beh.clone(), images.clone());
+                tokio::spawn(async move {
+                    if *beh.lock().unwrap() == Behaviour::Reset {
+                        drop(stream);
+                        return;
+                    }
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (rec, beh, images) = (rec.clone(), beh.clone(), images.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                swr_answer(req, &rec, &beh, &images).await,
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        StandInSwr {
+            addr,
+            received,
+            behaviour,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.received.lock().unwrap().clear();
+    }
+}
+
+fn swr_error(status: StatusCode, code: &str, msg: &str) -> Response<Full<Bytes>> {
+    let body = format!(r#"{{"error_code":"{code}","error_msg":"{msg}"}}"#);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+async fn swr_answer(
+    req: Request<Incoming>,
+    received: &Mutex<Vec<Received>>,
+    behaviour: &Mutex<Behaviour>,
+    images: &HashSet<&str>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    received.lock().unwrap().push(Received {
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let wait = match *behaviour.lock().unwrap() {
+        Behaviour::Slow(wait) => Some(wait),
+        _ => None,
+    };
+    if let Some(wait) = wait {
+        tokio::time::sleep(wait).await;
+    }
+    if parts.headers.get("x-auth-token").map(|v| v.as_bytes()) != Some(TOKEN.as_bytes()) {
+        return swr_error(
+            StatusCode::UNAUTHORIZED,
+            "SVCSTG.SWR.4010000",
+            "Authenticate Error",
+        );
+    }
+    let segments: Vec<&str> = parts.uri.path().split('/').collect();
+    // ["", "v2", "manage", "namespaces", ns, "repos"|"repositories", repo, ...]
+    if segments.len() >= 7 && segments[1..4] == ["v2", "manage", "namespaces"] {
+        let image = format!("{}/{}", segments[4], segments[6].replace('$', "/"));
+        if !images.contains(image.as_str()) {
+            return swr_error(
+                StatusCode::NOT_FOUND,
+                "SVCSTG.SWR.4040000",
+                "image not found",
+            );
+        }
+        if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+            return swr_error(StatusCode::BAD_REQUEST, "SVCSTG.SWR.4000000", "bad body");
+        }
+        let mut response =
+            Response::new(Full::new(Bytes::from_static(if parts.method == "POST" {
+                b"{}"
+            } else {
+                b""
+            })));
+        *response.status_mut() = StatusCode::CREATED;
+        response
+            .headers_mut()
+            .insert("x-swr-seen", "1".parse().unwrap());
+        return response;
+    }
+    let mut response = Response::new(Full::new(Bytes::from_static(b"{\"other\":true}")));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn policy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A running `swr-gate serve`, killed when dropped.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+/// The config the tests start from; `extra` is appended (more sections, clients).
+pub fn config(listen: SocketAddr, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+max_body_bytes = 4096
+header_timeout = "2s"
+request_timeout = "3s"
+
+[upstream]
+url = "{upstream}"
+connect_timeout = "1s"
+timeout = "2s"
+
+[iam]
+method = "token_env"
+token_env = "SWR_GATE_TEST_TOKEN"
+
+[policy]
+dir = "{policies}"
+
+[audit]
+path = "audit.jsonl"
+
+[[clients]]
+id = "ci-bot"
+groups = ["ci"]
+api_key_sha256 = "{ci}"
+
+[[clients]]
+id = "release-tool"
+groups = ["release"]
+api_key_sha256 = "{release}"
+{extra}
+"#,
+        policies = policy_dir().display(),
+        ci = sha256_hex(API_KEY.as_bytes()),
+        release = sha256_hex(OTHER_API_KEY.as_bytes()),
+    )
+}
+
+impl Gateway {
+    pub fn start(upstream: &str) -> Gateway {
+        Gateway::start_with(upstream, "", |_| {})
+    }
+
+    /// Start with `extra` config appended and `edit` applied to the whole text.
+    pub fn start_with(upstream: &str, extra: &str, edit: impl FnOnce(&mut String)) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut text = config(addr, upstream, extra);
+        edit(&mut text);
+        let config_path = dir.path().join("gate.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("SWR_GATE_TEST_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut gateway = Gateway { addr, dir, child };
+        gateway.wait_until_listening();
+        gateway
+    }
+
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut stderr = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                panic!("swr-gate exited with {status}: {stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("swr-gate did not start listening on {}", self.addr);
+    }
+
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Send a request (raw bytes are built from the parts) and read the whole answer.
+    pub fn send(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Answer {
+        let mut request =
+            format!("{method} {target} HTTP/1.1\r\nhost: swr.local\r\nconnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method != "GET" {
+            request.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_raw(&bytes)
+    }
+
+    /// A guarded-style JSON request with the CI bot's API key.
+    pub fn json(&self, method: &str, target: &str, body: &str) -> Answer {
+        self.send(
+            method,
+            target,
+            &[
+                ("authorization", &format!("Bearer {API_KEY}")),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    pub fn send_raw(&self, bytes: &[u8]) -> Answer {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        read_answer(&mut stream)
+    }
+
+    /// SIGTERM, as an orchestrator stops it; the audit file stays readable afterwards.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        sigterm(self.child.id());
+        self.child.wait().unwrap()
+    }
+}
+
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP/1.1 answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "answer is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["error_code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+pub fn read_answer(stream: &mut TcpStream) -> Answer {
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    parse_answer(&raw)
+}
+
+pub fn parse_answer(raw: &[u8]) -> Answer {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+    out
+}
+
+/// Config edit: forward requests that match no guarded route.
+pub fn forward_unmatched(config: &mut String) {
+    *config = config.replace("[upstream]\n", "[upstream]\nunmatched = \"forward\"\n");
+}
+
+pub fn grants(auth: u8) -> String {
+    format!(r#"[{{"user_id":"{USER}","user_name":"user01","auth":{auth}}}]"#)
+}

@@ -1,0 +1,250 @@
+//! Guarded operations go to SWR with the canonical path, the canonical body and the
+//! injected token, and nothing of the client's credentials.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const CREATE: &str = "/v2/manage/namespaces/team-a/repos/app/access";
+const SHARE: &str = "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner";
+
+#[test]
+fn each_guarded_operation_is_forwarded_canonically_with_the_injected_token() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let cases = [
+        (
+            "POST",
+            CREATE,
+            grants(7),
+            "/v2/manage/namespaces/team-a/repos/app/access",
+            201,
+        ),
+        (
+            "PATCH",
+            "/v2/manage/namespaces/team-a/repos/group%24app/access",
+            grants(3),
+            "/v2/manage/namespaces/team-a/repos/group$app/access",
+            201,
+        ),
+        (
+            "PATCH",
+            "/v2/manage/namespaces/team-a/repositories/group%2Fapp/access-domains/partner",
+            r#"{"permit":"read","deadline":"2030-01-01T00:00:00.000Z","description":"ci"}"#
+                .to_owned(),
+            "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner",
+            201,
+        ),
+    ];
+    for (method, path, body, upstream_path, status) in cases {
+        swr.clear();
+        let answer = gate.json(method, path, &body);
+        assert_eq!(
+            answer.status,
+            status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        let received = swr.received();
+        assert_eq!(received.len(), 1);
+        let got = &received[0];
+        assert_eq!(got.method, method);
+        assert_eq!(got.path_and_query, upstream_path);
+        assert_eq!(got.headers["x-auth-token"], TOKEN);
+        assert!(got.headers.get("authorization").is_none());
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&got.body).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        );
+        assert_eq!(
+            got.headers["x-request-id"],
+            answer.header("x-request-id").unwrap()
+        );
+        assert_eq!(got.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(
+            answer.header("x-swr-seen"),
+            Some("1"),
+            "SWR's answer comes back"
+        );
+    }
+}
+
+#[test]
+fn what_swr_receives_is_the_validated_document_re_serialised() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let body =
+        format!("[ {{ \"user_id\" : \"{USER}\" ,\n\t\"user_name\":\"user01\",\"auth\": 7.0 }} ]");
+    let answer = gate.json("POST", CREATE, &body);
+    assert_eq!(answer.status, 201);
+    let received = swr.received();
+    assert_eq!(
+        String::from_utf8(received[0].body.clone()).unwrap(),
+        format!(r#"[{{"user_id":"{USER}","user_name":"user01","auth":7}}]"#)
+    );
+    assert_eq!(
+        received[0].headers["content-length"],
+        received[0].body.len().to_string()
+    );
+}
+
+#[test]
+fn the_client_request_id_is_kept_and_swr_errors_pass_through() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let answer = gate.send(
+        "POST",
+        "/v2/manage/namespaces/team-a/repos/unknown/access",
+        &[
+            ("authorization", &format!("Bearer {API_KEY}")),
+            ("content-type", "application/json"),
+            ("x-request-id", "trace-42"),
+        ],
+        grants(1).as_bytes(),
+    );
+    assert_eq!(
+        answer.status, 404,
+        "SWR's 404 for an unknown image is passed back"
+    );
+    assert_eq!(answer.json()["error_code"], "SVCSTG.SWR.4040000");
+    assert_eq!(answer.header("x-request-id"), Some("trace-42"));
+    assert_eq!(swr.received()[0].headers["x-request-id"], "trace-42");
+}
+
+#[test]
+fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let answer = gate.send(
+        "POST",
+        CREATE,
+        &[
+            ("x-api-key", API_KEY),
+            ("content-type", "application/json;charset=UTF-8"),
+            ("x-auth-token", "client-supplied-token"),
+            ("x-security-token", "sts"),
+            ("x-sdk-date", "20260101T000000Z"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ],
+        grants(1).as_bytes(),
+    );
+    assert_eq!(answer.status, 201);
+    let headers = &swr.received()[0].headers;
+    assert_eq!(headers["x-auth-token"], TOKEN);
+    for name in [
+        "x-api-key",
+        "x-security-token",
+        "x-sdk-date",
+        "x-hop",
+        "authorization",
+    ] {
+        assert!(headers.get(name).is_none(), "{name} reached SWR");
+    }
+    assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+}
+
+#[test]
+fn unmatched_routes_are_refused_by_default_and_forwarded_when_configured() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let answer = gate.send(
+        "GET",
+        "/v2/manage/namespaces/team-a/repos/app/access",
+        &[("x-api-key", API_KEY)],
+        b"",
+    );
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.code(), "SWR.GATE.4040001");
+    assert!(swr.received().is_empty());
+
+    let forwarding = Gateway::start_with(&swr.url(), "", forward_unmatched);
+    let answer = forwarding.send(
+        "GET",
+        "/v2/manage/namespaces/team-a/repos/app/access?filter=x",
+        &[("x-api-key", API_KEY), ("x-auth-token", "client-token")],
+        b"",
+    );
+    assert_eq!(answer.status, 201);
+    let received = swr.received();
+    assert_eq!(
+        received[0].path_and_query,
+        "/v2/manage/namespaces/team-a/repos/app/access?filter=x"
+    );
+    assert_eq!(received[0].headers["x-auth-token"], TOKEN);
+}
+
+#[test]
+fn upstream_down_slow_and_resetting_give_contract_errors() {
+    let swr = StandInSwr::start();
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let gate = Gateway::start(&down);
+    let answer = gate.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (502, "SWR.GATE.5020001")
+    );
+
+    let gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::Slow(Duration::from_secs(4)));
+    let answer = gate.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (504, "SWR.GATE.5040001")
+    );
+
+    swr.set(Behaviour::Reset);
+    let answer = gate.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (502, "SWR.GATE.5020001")
+    );
+    assert!(answer.header("x-request-id").is_some());
+}
+
+#[test]
+fn no_token_means_503_and_nothing_forwarded() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start_with(&swr.url(), "", |c| {
+        *c = c.replace("SWR_GATE_TEST_TOKEN", "SWR_GATE_UNSET_TOKEN")
+    });
+    let answer = gate.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (503, "SWR.GATE.5030001")
+    );
+    assert!(swr.received().is_empty());
+}
+
+#[test]
+fn http2_prior_knowledge_is_served_and_forwarded() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let request = http::Request::builder()
+            .method("PATCH")
+            .uri(format!("http://{}{SHARE}", gate.addr))
+            .header("x-api-key", API_KEY)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                r#"{"permit":"read","deadline":"forever"}"#,
+            )))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        response.status().as_u16()
+    });
+    assert_eq!(status, 201);
+    assert_eq!(
+        swr.received()[0].path_and_query,
+        "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner"
+    );
+}
