@@ -11,14 +11,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::audit::AuditLog;
-use crate::config::{Config, ServerTls};
+use crate::config::Config;
 use crate::iam::TokenSource;
 use crate::pipeline::{self, Gate};
 use crate::snapshot::Snapshot;
@@ -31,12 +29,6 @@ pub async fn serve(config_path: &Path) -> Result<(), String> {
     let config = Config::load(config_path)?;
     let snapshot = Snapshot::load(config).map_err(|problems| problems.join("\n"))?;
     let config = &snapshot.config;
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(|tls| tls_acceptor(config, tls))
-        .transpose()?;
     let tokens = Arc::new(TokenSource::from_config(config));
     tokens.spawn_watcher();
     let audit = AuditLog::start(config)?;
@@ -66,7 +58,7 @@ pub async fn serve(config_path: &Path) -> Result<(), String> {
     }
     tracing::info!(
         listen = %listener.local_addr().map_err(|e| e.to_string())?,
-        tls = tls.is_some(),
+        tls = gate.snapshot.load().tls.is_some(),
         "swr-gate listening"
     );
 
@@ -86,7 +78,7 @@ pub async fn serve(config_path: &Path) -> Result<(), String> {
                 };
                 let _ = stream.set_nodelay(true);
                 let gate = gate.clone();
-                let tls = tls.clone();
+                let tls = gate.snapshot.load().tls.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     serve_connection(stream, peer, tls, gate, limits, watcher).await;
@@ -169,26 +161,6 @@ async fn serve_connection(
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
-}
-
-fn tls_acceptor(config: &Config, tls: &ServerTls) -> Result<TlsAcceptor, String> {
-    let cert_path = config.resolve(&tls.cert);
-    let key_path = config.resolve(&tls.key);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("[server.tls] cert {}: {e}", cert_path.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| format!("[server.tls] key {}: {e}", key_path.display()))?;
-    let mut server = rustls::ServerConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("[server.tls]: {e}"))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
 async fn shutdown_signal() {

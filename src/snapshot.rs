@@ -3,9 +3,14 @@
 //! reloads happen meanwhile.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Clients;
-use crate::config::Config;
+use crate::config::{Config, ServerTls};
 use crate::route::{Route, RouteFile, RouteTable};
 use crate::schema::Schema;
 use crate::upstream::Upstream;
@@ -17,6 +22,9 @@ pub struct Snapshot {
     pub schemas: Vec<Schema>,
     pub clients: Clients,
     pub upstream: Upstream,
+    /// Present when `[server.tls]` is configured; new connections use the current one,
+    /// so a renewed certificate takes effect on reload.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Snapshot {
@@ -41,13 +49,21 @@ impl Snapshot {
         let upstream = Upstream::from_config(&config)
             .map_err(|p| problems.push(p))
             .ok();
-        match (clients, upstream) {
-            (Some(clients), Some(upstream)) if problems.is_empty() => Ok(Snapshot {
+        let tls = match &config.server.tls {
+            Some(tls) => tls_acceptor(&config, tls)
+                .map_err(|p| problems.push(p))
+                .ok()
+                .map(Some),
+            None => Some(None),
+        };
+        match (clients, upstream, tls) {
+            (Some(clients), Some(upstream), Some(tls)) if problems.is_empty() => Ok(Snapshot {
                 config,
                 routes,
                 schemas,
                 clients,
                 upstream,
+                tls,
             }),
             _ => Err(problems),
         }
@@ -105,4 +121,24 @@ fn load_schemas(policy_dir: &Path, routes: &RouteTable, problems: &mut Vec<Strin
         }
     }
     schemas
+}
+
+fn tls_acceptor(config: &Config, tls: &ServerTls) -> Result<TlsAcceptor, String> {
+    let cert_path = config.resolve(&tls.cert);
+    let key_path = config.resolve(&tls.key);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("[server.tls] cert {}: {e}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| format!("[server.tls] key {}: {e}", key_path.display()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("[server.tls]: {e}"))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
 }

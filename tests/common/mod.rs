@@ -474,3 +474,47 @@ pub fn forward_unmatched(config: &mut String) {
 pub fn grants(auth: u8) -> String {
     format!(r#"[{{"user_id":"{USER}","user_name":"user01","auth":{auth}}}]"#)
 }
+
+/// A throw-away PKI: one CA, certificates it signs, written as PEM files.
+pub struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    pub ca_file: PathBuf,
+    dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path, name: &str) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_file = dir.join(format!("{name}.crt"));
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        Pki {
+            ca,
+            ca_key,
+            ca_file,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// A certificate for `common_name` with the given SANs; returns (cert, key) paths.
+    pub fn issue(&self, common_name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert_path = self.dir.join(format!("{common_name}.crt"));
+        let key_path = self.dir.join(format!("{common_name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}

@@ -1,0 +1,197 @@
+//! Guarded bodies: media type, size however framed, strict JSON, schema; each refusal has
+//! its own code and SWR receives nothing.
+
+mod common;
+
+use common::*;
+
+const CREATE: &str = "/v2/manage/namespaces/team-a/repos/app/access";
+
+fn refused(
+    gate: &Gateway,
+    swr: &StandInSwr,
+    answer: Answer,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (status, code),
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        swr.received().is_empty(),
+        "SWR received {:?}",
+        swr.received()
+    );
+    let _ = gate;
+    answer.json()
+}
+
+#[test]
+fn each_malformed_body_gets_its_own_code() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let cases: [(&[u8], &str); 6] = [
+        (br#"[{"user_id":"fb3f175c1fd146ab8cdae3272be6107b","user_name":"a","auth":1,"auth":7}]"#, "SWR.GATE.4000004"),
+        (b"[{\"user_id\":\"x\"", "SWR.GATE.4000003"),
+        (b"", "SWR.GATE.4000003"),
+        (b"[1] [2]", "SWR.GATE.4000003"),
+        (b"[\"\xff\"]", "SWR.GATE.4000006"),
+        (&[b'['; 100], "SWR.GATE.4000005"),
+    ];
+    for (body, code) in cases {
+        let answer = gate.send(
+            "POST",
+            CREATE,
+            &[("x-api-key", API_KEY), ("content-type", "application/json")],
+            body,
+        );
+        refused(&gate, &swr, answer, 400, code);
+    }
+}
+
+#[test]
+fn the_schema_answer_lists_every_violation_with_its_pointer() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let body = format!(
+        r#"[{{"user_id":"{USER}","user_name":"a","auth":2}},{{"user_id":"nothex","user_name":"b","auth":1,"admin":true}}]"#
+    );
+    let answer = gate.json("POST", CREATE, &body);
+    let json = refused(&gate, &swr, answer, 400, "SWR.GATE.4000002");
+    assert_eq!(
+        json["error_msg"],
+        "request body does not match the schema of create_user_repository_auth"
+    );
+    let details = json["details"].as_array().unwrap();
+    let found: Vec<(&str, &str)> = details
+        .iter()
+        .map(|d| {
+            (
+                d["pointer"].as_str().unwrap(),
+                d["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("/0/auth", "enum"),
+        ("/1/user_id", "pattern"),
+        ("/1", "additionalProperties"),
+    ] {
+        assert!(found.contains(&expected), "{expected:?} not in {found:?}");
+    }
+    assert!(json["request_id"].is_string());
+}
+
+#[test]
+fn duplicate_users_empty_lists_and_bad_sharing_fail_the_schema() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let twice = format!(
+        r#"[{{"user_id":"{USER}","user_name":"a","auth":1}},{{"user_id":"{USER}","user_name":"a","auth":7}}]"#
+    );
+    for body in [twice.as_str(), "[]", "{}"] {
+        let answer = gate.json("POST", CREATE, body);
+        refused(&gate, &swr, answer, 400, "SWR.GATE.4000002");
+    }
+    let share = "/v2/manage/namespaces/team-a/repositories/app/access-domains/partner";
+    for body in [
+        r#"{"permit":"write","deadline":"forever"}"#,
+        r#"{"permit":"read","deadline":"2026-13-01T00:00:00Z"}"#,
+        r#"{"permit":"read","deadline":"forever","extra":1}"#,
+    ] {
+        let answer = gate.json("PATCH", share, body);
+        refused(&gate, &swr, answer, 400, "SWR.GATE.4000002");
+    }
+}
+
+#[test]
+fn content_type_must_be_json() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut headers = vec![("x-api-key", API_KEY)];
+        if let Some(ct) = content_type {
+            headers.push(("content-type", ct));
+        }
+        let answer = gate.send("POST", CREATE, &headers, grants(1).as_bytes());
+        refused(&gate, &swr, answer, 415, "SWR.GATE.4150001");
+    }
+}
+
+#[test]
+fn oversized_bodies_are_refused_with_content_length_or_chunked() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let big = format!(
+        r#"[{{"user_id":"{USER}","user_name":"{}","auth":1}}]"#,
+        "a".repeat(5000)
+    );
+    let answer = gate.json("POST", CREATE, &big);
+    refused(&gate, &swr, answer, 413, "SWR.GATE.4130001");
+
+    let mut raw = format!(
+        "POST {CREATE} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in big.as_bytes().chunks(1000) {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let answer = gate.send_raw(&raw);
+    refused(&gate, &swr, answer, 413, "SWR.GATE.4130001");
+}
+
+#[test]
+fn a_chunked_body_within_the_limit_is_forwarded_with_a_length() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let body = grants(3);
+    let (a, b) = body.split_at(10);
+    let raw = format!(
+        "POST {CREATE} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    assert_eq!(gate.send_raw(raw.as_bytes()).status, 201);
+    let received = swr.received();
+    assert!(received[0].headers.get("transfer-encoding").is_none());
+    assert_eq!(
+        received[0].headers["content-length"],
+        received[0].body.len().to_string()
+    );
+}
+
+/// hyper follows RFC 9112 §6.3: Transfer-Encoding wins over Content-Length, and two
+/// different Content-Lengths are a 400. Since the gateway re-frames everything it sends,
+/// whatever trails the body can only be the gateway's own next request, never SWR's.
+#[test]
+fn smuggling_framing_never_reaches_swr() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let body = grants(1);
+    let both = format!(
+        "POST {CREATE} HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = gate.send_raw(both.as_bytes());
+    assert_eq!(answer.status, 201);
+    let received = swr.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].body, body.as_bytes());
+
+    let twice = format!(
+        "POST {CREATE} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncontent-length: 5\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(gate.send_raw(twice.as_bytes()).status, 400);
+    assert_eq!(swr.received().len(), 1);
+}

@@ -1,0 +1,134 @@
+//! `swr-gate check`: every problem, with its file (and line where there is one).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(config: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+fn copy_policies(to: &Path) {
+    let from = common::policy_dir();
+    std::fs::create_dir_all(to.join("schemas")).unwrap();
+    std::fs::copy(from.join("routes.toml"), to.join("routes.toml")).unwrap();
+    for entry in std::fs::read_dir(from.join("schemas")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join("schemas").join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn the_shipped_example_configs_pass() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let (ok, output) = check(&shipped.join("sidecar.toml"));
+    assert!(ok, "sidecar.toml: {output}");
+
+    // The edge example names certificate files of its host; give it real ones.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = common::Pki::new(dir.path(), "ca").issue("gate.example", &["gate.example"]);
+    let edge = std::fs::read_to_string(shipped.join("edge.toml"))
+        .unwrap()
+        .replace("/etc/swr-gate/tls/server.crt", &cert.display().to_string())
+        .replace("/etc/swr-gate/tls/server.key", &key.display().to_string())
+        .replace("../policies", &common::policy_dir().display().to_string());
+    std::fs::write(dir.path().join("edge.toml"), edge).unwrap();
+    let (ok, output) = check(&dir.path().join("edge.toml"));
+    assert!(ok, "edge.toml: {output}");
+    let (ok, output) = check(&shipped.join("edge.toml"));
+    assert!(
+        !ok && output.contains("/etc/swr-gate/tls/server.crt"),
+        "a missing certificate is reported: {output}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "")
+        .replace("[audit]\n", "[audit]\nfsnyc = \"always\"\n");
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, text).unwrap();
+    let (ok, output) = check(&path);
+    assert!(!ok);
+    assert!(
+        output.contains("gate.toml") && output.contains("line 21") && output.contains("fsnyc"),
+        "{output}"
+    );
+}
+
+#[test]
+fn missing_and_broken_schemas_and_routes_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    copy_policies(&policies);
+    std::fs::remove_file(policies.join("schemas/update_repo_domains.schema.json")).unwrap();
+    std::fs::write(
+        policies.join("schemas/create_user_repository_auth.schema.json"),
+        r#"{"type": 12}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("schemas/update_user_repository_auth.schema.json"),
+        "{\n  \"type\": \n",
+    )
+    .unwrap();
+    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "")
+        .replace(&common::policy_dir().display().to_string(), "policies");
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, text).unwrap();
+    let (ok, output) = check(&path);
+    assert!(!ok);
+    assert!(
+        output.contains("update_repo_domains.schema.json"),
+        "{output}"
+    );
+    assert!(
+        output.contains("create_user_repository_auth.schema.json"),
+        "{output}"
+    );
+    assert!(
+        output.contains("update_user_repository_auth.schema.json") && output.contains("line 3"),
+        "{output}"
+    );
+
+    std::fs::write(
+        policies.join("routes.toml"),
+        "[[route]]\noperation = \"x\"\nmethod = \"POST\"\npath = \"/v2/{nope}\"\n",
+    )
+    .unwrap();
+    let (ok, output) = check(&path);
+    assert!(!ok);
+    assert!(
+        output.contains("routes.toml") && output.contains("{nope}"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_config_nobody_could_use_is_refused_by_check_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "");
+    let text = text[..text.find("[[clients]]").unwrap()].to_owned();
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, text).unwrap();
+    let (ok, output) = check(&path);
+    assert!(!ok);
+    assert!(output.contains("allow_anonymous"), "{output}");
+    let serve = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+}
