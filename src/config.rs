@@ -172,11 +172,27 @@ pub enum OnFailure {
     Continue,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// Failed authentications one client address may have per `failure_window` before
+    /// it is refused outright (429) until the window ends.
+    #[serde(default = "defaults::max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "defaults::failure_window", deserialize_with = "duration")]
+    pub failure_window: Duration,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            allow_anonymous: false,
+            max_failures: defaults::max_failures(),
+            failure_window: defaults::failure_window(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +230,12 @@ mod defaults {
     }
     pub fn refresh_before() -> Duration {
         Duration::from_secs(3600)
+    }
+    pub fn max_failures() -> u32 {
+        20
+    }
+    pub fn failure_window() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn policy_dir() -> PathBuf {
         PathBuf::from("policies")

@@ -33,18 +33,21 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Parse 64 hex digits (either case) into 32 bytes.
-pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    let text = text.as_bytes();
-    if text.len() != 64 {
+/// Parse hex digits (either case) into bytes.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    let pairs = text.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, pair) in text.chunks(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    pairs
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+/// Parse 64 hex digits into 32 bytes (a SHA-256 digest).
+pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    parse_hex(text)?.try_into().ok()
 }
 
 /// `n` bytes from the system's secure generator.

@@ -24,6 +24,7 @@ pub enum ErrorKind {
     Replay,
     MalformedAuthorization,
     AmbiguousCredentials,
+    TooManyAuthFailures,
     UnmatchedRoute,
     BodyTimeout,
     BodyTooLarge,
@@ -48,6 +49,7 @@ impl ErrorKind {
             | Replay
             | MalformedAuthorization
             | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
+            TooManyAuthFailures => StatusCode::TOO_MANY_REQUESTS,
             UnmatchedRoute => StatusCode::NOT_FOUND,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,6 +81,7 @@ impl ErrorKind {
             MalformedAuthorization => "SWR.GATE.4010006",
             AmbiguousCredentials => "SWR.GATE.4010007",
             UnmatchedRoute => "SWR.GATE.4040001",
+            TooManyAuthFailures => "SWR.GATE.4290002",
             BodyTimeout => "SWR.GATE.4080001",
             BodyTooLarge => "SWR.GATE.4130001",
             UnsupportedMediaType => "SWR.GATE.4150001",
@@ -101,7 +104,8 @@ impl ErrorKind {
             | StaleDate
             | Replay
             | MalformedAuthorization
-            | AmbiguousCredentials => "auth",
+            | AmbiguousCredentials
+            | TooManyAuthFailures => "auth",
             MalformedJson | DuplicateKey | NestingTooDeep | BodyNotUtf8 | BodyTimeout
             | BodyTooLarge | UnsupportedMediaType => "body",
             SchemaViolation => "schema",
@@ -126,6 +130,8 @@ pub struct GateError {
     pub kind: ErrorKind,
     pub message: String,
     pub details: Vec<Detail>,
+    /// Seconds the client should wait before trying again (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl GateError {
@@ -134,7 +140,13 @@ impl GateError {
             kind,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_details(mut self, details: Vec<Detail>) -> Self {
@@ -171,6 +183,9 @@ impl GateError {
         );
         if let Ok(value) = HeaderValue::from_str(request_id) {
             headers.insert("x-request-id", value);
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -16,3 +16,73 @@ pub fn api_key(client: &str) -> String {
          api_key_sha256 = \"{hash}\"\n"
     )
 }
+
+/// A new AK/SK pair, in the shape Huawei Cloud issues them, and the `[[clients]]` lines.
+pub fn aksk(client: &str) -> String {
+    let access_key = random_text::<20>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
+    let secret_key =
+        random_text::<40>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
+    let variable = format!(
+        "SWR_GATE_SK_{}",
+        client
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            })
+            .collect::<String>()
+    );
+    format!(
+        "# AK/SK for {client}: give both to the client (SDK: BasicCredentials(ak, sk, project_id)).\n\
+         # AK: {access_key}\n\
+         # SK: {secret_key}\n\
+         # The gateway reads the SK from the environment (or use secret_key_file):\n\
+         #   export {variable}='{secret_key}'\n\
+         [[clients]]\n\
+         id = \"{client}\"\n\
+         groups = []\n\
+         access_key = \"{access_key}\"\n\
+         secret_key_env = \"{variable}\"\n"
+    )
+}
+
+/// `N` characters drawn uniformly from `alphabet` (rejection sampling, no modulo bias).
+fn random_text<const N: usize>(alphabet: &[u8]) -> String {
+    let limit = 256 - 256 % alphabet.len();
+    let mut out = String::with_capacity(N);
+    while out.len() < N {
+        for byte in random_bytes::<64>() {
+            if (byte as usize) < limit && out.len() < N {
+                out.push(alphabet[byte as usize % alphabet.len()] as char);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_config_is_valid_toml_with_the_hash_of_the_printed_key() {
+        let text = api_key("ci-bot");
+        let key = text.lines().nth(1).unwrap().trim_start_matches("# ");
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let client = &parsed["clients"][0];
+        assert_eq!(
+            client["api_key_sha256"].as_str().unwrap(),
+            hex(&sha256(key.as_bytes()))
+        );
+
+        let text = aksk("release tool");
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let client = &parsed["clients"][0];
+        assert_eq!(client["access_key"].as_str().unwrap().len(), 20);
+        assert_eq!(
+            client["secret_key_env"].as_str().unwrap(),
+            "SWR_GATE_SK_RELEASE_TOOL"
+        );
+    }
+}

@@ -52,6 +52,12 @@ enum KeyKind {
         #[arg(long, default_value = "new-client")]
         client: String,
     },
+    /// An access key / secret key pair for the official SDKs' request signing.
+    Aksk {
+        /// The client id the config lines are for.
+        #[arg(long, default_value = "new-client")]
+        client: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
         Command::Keygen { kind } => {
             match kind {
                 KeyKind::ApiKey { client } => print!("{}", swr_gate::keygen::api_key(&client)),
+                KeyKind::Aksk { client } => print!("{}", swr_gate::keygen::aksk(&client)),
             }
             ExitCode::SUCCESS
         }

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::audit::{self, AuditLog, Decision, Record, Stage};
-use crate::auth::Identity;
+use crate::auth::{self, FailureLimiter, Identity, PeerCertificate, Presented, ReplayGuard};
 use crate::body;
 use crate::config::{OnFailure, Unmatched};
 use crate::crypto::{hex, random_bytes};
@@ -33,18 +33,28 @@ pub struct Gate {
     pub snapshot: ArcSwap<Snapshot>,
     pub tokens: Arc<TokenSource>,
     pub audit: AuditLog,
+    pub replay: ReplayGuard,
+    pub auth_failures: FailureLimiter,
+}
+
+/// What the connection tells about the client, before any request is read.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The verified TLS client certificate, when one was presented.
+    pub certificate: Option<Arc<PeerCertificate>>,
 }
 
 /// Handle one request. Never fails: every refusal is an answer in the contract's shape,
 /// and every answer leaves an audit record.
 pub async fn handle(
     gate: Arc<Gate>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Response<GateBody> {
     let snapshot = gate.snapshot.load_full();
-    let mut exchange = Exchange::begin(&snapshot, peer, &request);
-    let mut response = match process(&gate, &snapshot, &mut exchange, request).await {
+    let mut exchange = Exchange::begin(&snapshot, peer.addr, &request);
+    let mut response = match process(&gate, &snapshot, &peer, &mut exchange, request).await {
         Ok(response) => response,
         Err(error) => exchange.refuse(error),
     };
@@ -61,10 +71,12 @@ pub async fn handle(
 async fn process(
     gate: &Gate,
     snapshot: &Snapshot,
+    peer: &Peer,
     exchange: &mut Exchange,
     request: Request<Incoming>,
 ) -> Result<Response<GateBody>, GateError> {
     let (parts, body) = request.into_parts();
+    let mut body = RequestBody::Streaming(body);
     refuse_method_override(&parts.headers)?;
 
     let resolved = snapshot
@@ -84,7 +96,9 @@ async fn process(
         ));
     }
 
-    exchange.identity = Some(snapshot.clients.authenticate(&parts.headers)?);
+    let guarded = matches!(resolved, Resolved::Guarded { .. });
+    exchange.identity =
+        Some(authenticate(gate, snapshot, peer, exchange, &parts, &mut body, guarded).await?);
 
     match resolved {
         Resolved::Guarded {
@@ -92,7 +106,9 @@ async fn process(
             upstream_path,
             ..
         } => {
-            let document = read_document(snapshot, &parts.headers, body).await?;
+            body::check_content_type(&parts.headers)?;
+            let bytes = body.read(snapshot, &parts.headers).await?;
+            let document = body::parse_strict(&bytes)?;
             exchange.describe(&document);
 
             let violations = snapshot.schemas[route].validate(&document);
@@ -108,9 +124,7 @@ async fn process(
             let token = gate.tokens.current()?;
             exchange.decision = Decision::Allow;
             record_decision(gate, snapshot, exchange).await?;
-            let canonical = Full::new(Bytes::from(document.to_string()))
-                .map_err(|never| match never {})
-                .boxed();
+            let canonical = full(Bytes::from(document.to_string()));
             forward(
                 snapshot,
                 exchange,
@@ -125,17 +139,106 @@ async fn process(
         Resolved::Unmatched { path_and_query } => {
             let token = gate.tokens.current()?;
             exchange.decision = Decision::Allow;
+            let body = match body {
+                RequestBody::Streaming(body) => body.boxed(),
+                RequestBody::Buffered(bytes) => full(bytes),
+            };
             forward(
                 snapshot,
                 exchange,
                 &parts.headers,
                 parts.method,
-                body.boxed(),
+                body,
                 &path_and_query,
                 token,
             )
             .await
         }
+    }
+}
+
+/// Authenticate, behind the brute-force brake: an address that keeps failing is refused
+/// before its credentials are looked at. AK/SK signatures cover the body, so for them
+/// the body is read (within `max_body_bytes`) as part of authenticating.
+async fn authenticate(
+    gate: &Gate,
+    snapshot: &Snapshot,
+    peer: &Peer,
+    exchange: &Exchange,
+    parts: &http::request::Parts,
+    body: &mut RequestBody,
+    guarded: bool,
+) -> Result<Identity, GateError> {
+    let now = Instant::now();
+    if let Some(wait) = gate.auth_failures.blocked(exchange.client_ip, now) {
+        return Err(GateError::new(
+            ErrorKind::TooManyAuthFailures,
+            "too many failed authentications from this address",
+        )
+        .with_retry_after(wait.as_secs().max(1)));
+    }
+    let bytes = match auth::signs_body(&parts.headers) {
+        true => Some(body.read(snapshot, &parts.headers).await?),
+        false => None,
+    };
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let presented = Presented {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        host,
+        headers: &parts.headers,
+        certificate: peer.certificate.as_deref(),
+        body: bytes.as_deref(),
+        guarded,
+    };
+    let result = snapshot
+        .clients
+        .authenticate(&presented, &gate.replay, SystemTime::now());
+    if result.is_err() {
+        gate.auth_failures.record_failure(exchange.client_ip, now);
+    }
+    result
+}
+
+fn full(bytes: Bytes) -> GateBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A request body, read at most once: streamed on, or buffered when a stage needed it.
+enum RequestBody {
+    Streaming(Incoming),
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// The whole body, within `max_body_bytes` and `request_timeout`.
+    async fn read(&mut self, snapshot: &Snapshot, headers: &HeaderMap) -> Result<Bytes, GateError> {
+        let body = match std::mem::replace(self, RequestBody::Buffered(Bytes::new())) {
+            RequestBody::Buffered(bytes) => {
+                *self = RequestBody::Buffered(bytes.clone());
+                return Ok(bytes);
+            }
+            RequestBody::Streaming(body) => body,
+        };
+        let server = &snapshot.config.server;
+        let bytes = tokio::time::timeout(
+            server.request_timeout,
+            body::read_limited(headers, body, server.max_body_bytes),
+        )
+        .await
+        .map_err(|_| {
+            GateError::new(
+                ErrorKind::BodyTimeout,
+                "the request body did not arrive in time",
+            )
+        })??;
+        *self = RequestBody::Buffered(bytes.clone());
+        Ok(bytes)
     }
 }
 
@@ -155,27 +258,6 @@ fn refuse_method_override(headers: &HeaderMap) -> Result<(), GateError> {
         }
     }
     Ok(())
-}
-
-async fn read_document(
-    snapshot: &Snapshot,
-    headers: &HeaderMap,
-    body: Incoming,
-) -> Result<Value, GateError> {
-    body::check_content_type(headers)?;
-    let server = &snapshot.config.server;
-    let bytes = tokio::time::timeout(
-        server.request_timeout,
-        body::read_limited(headers, body, server.max_body_bytes),
-    )
-    .await
-    .map_err(|_| {
-        GateError::new(
-            ErrorKind::BodyTimeout,
-            "the request body did not arrive in time",
-        )
-    })??;
-    body::parse_strict(&bytes)
 }
 
 /// The `decided` record goes out before the request leaves for SWR, so a crash between
@@ -333,7 +415,7 @@ impl Exchange {
         };
         let response = error.clone().into_response(&self.request_id);
         self.error = Some(error);
-        response.map(|bytes| Full::new(bytes).map_err(|never| match never {}).boxed())
+        response.map(full)
     }
 
     fn record(&self, stage: Stage) -> Record {

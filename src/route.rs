@@ -427,7 +427,8 @@ fn is_literal_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
 }
 
-fn percent_decode(raw: &str) -> Option<Vec<u8>> {
+/// Decode `%XX` escapes once; `None` for a malformed escape.
+pub(crate) fn percent_decode(raw: &str) -> Option<Vec<u8>> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

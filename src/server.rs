@@ -16,9 +16,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::audit::AuditLog;
+use crate::auth::{FailureLimiter, PeerCertificate, ReplayGuard};
 use crate::config::Config;
 use crate::iam::TokenSource;
-use crate::pipeline::{self, Gate};
+use crate::pipeline::{self, Gate, Peer};
 use crate::snapshot::Snapshot;
 
 /// Largest request head (request line plus headers) accepted.
@@ -44,6 +45,7 @@ pub async fn serve(config_path: &Path) -> Result<(), String> {
         None => None,
     };
     let grace = config.server.request_timeout;
+    let auth = config.auth.clone();
     let limits = ConnectionLimits {
         header_timeout: config.server.header_timeout,
     };
@@ -51,6 +53,8 @@ pub async fn serve(config_path: &Path) -> Result<(), String> {
         snapshot: ArcSwap::from_pointee(snapshot),
         tokens,
         audit,
+        replay: ReplayGuard::default(),
+        auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
     });
     if let Some(admin_listener) = admin_listener {
         tracing::info!(listen = %admin_listener.local_addr().map_err(|e| e.to_string())?, "admin endpoints listening");
@@ -105,7 +109,7 @@ struct ConnectionLimits {
 
 async fn serve_connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     gate: Arc<Gate>,
     limits: ConnectionLimits,
@@ -122,16 +126,22 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(256);
-    let service = service_fn(move |request| {
-        let gate = gate.clone();
-        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gate, peer, request).await) }
-    });
+    let service = |peer: Arc<Peer>| {
+        service_fn(move |request| {
+            let (gate, peer) = (gate.clone(), peer.clone());
+            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gate, peer, request).await) }
+        })
+    };
     let result = match tls {
         None => {
+            let peer = Arc::new(Peer {
+                addr,
+                certificate: None,
+            });
             watcher
                 .watch(
                     builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(stream), service(peer))
                         .into_owned(),
                 )
                 .await
@@ -141,25 +151,35 @@ async fn serve_connection(
                 match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        tracing::debug!(peer = %addr, %error, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
+                        tracing::debug!(peer = %addr, "TLS handshake timed out");
                         return;
                     }
                 };
+            // The verifier already checked the chain against client_ca; here we only
+            // read the names the policy maps to a client.
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| PeerCertificate::from_der(leaf))
+                .map(Arc::new);
+            let peer = Arc::new(Peer { addr, certificate });
             watcher
                 .watch(
                     builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(stream), service(peer))
                         .into_owned(),
                 )
                 .await
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with an error");
+        tracing::debug!(peer = %addr, %error, "connection ended with an error");
     }
 }
 

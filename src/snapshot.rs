@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Clients;
-use crate::config::{Config, ServerTls};
+use crate::config::{ClientAuth, Config, ServerTls};
 use crate::route::{Route, RouteFile, RouteTable};
 use crate::schema::Schema;
 use crate::upstream::Upstream;
@@ -131,14 +132,39 @@ fn tls_acceptor(config: &Config, tls: &ServerTls) -> Result<TlsAcceptor, String>
         .map_err(|e| format!("[server.tls] cert {}: {e}", cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| format!("[server.tls] key {}: {e}", key_path.display()))?;
-    let mut server = rustls::ServerConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("[server.tls]: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let ca_path = config.resolve(ca);
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(&ca_path)
+                .map_err(|e| format!("[server.tls] client_ca {}: {e}", ca_path.display()))?
+            {
+                let cert =
+                    cert.map_err(|e| format!("[server.tls] client_ca {}: {e}", ca_path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("[server.tls] client_ca {}: {e}", ca_path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match tls.client_auth {
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+                ClientAuth::Required => verifier,
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| format!("[server.tls] client_ca {}: {e}", ca_path.display()))?,
+            )
+        }
+    };
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("[server.tls]: {e}"))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

@@ -1,21 +1,36 @@
 //! Who is calling: the client registry from `[[clients]]` and the credentials each
-//! client may present. The result, an [`Identity`], travels with the request to rate
-//! limits, policy and audit.
+//! client may present (API key, AK/SK signature, TLS client certificate). The result, an
+//! [`Identity`], travels with the request to rate limits, policy and audit.
 
+mod failures;
+mod replay;
+pub mod sdk_sign;
+
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use serde::Serialize;
+
+pub use failures::FailureLimiter;
+pub use replay::ReplayGuard;
 
 use crate::config::Config;
 use crate::crypto::{constant_time_eq, parse_hex32, sha256};
 use crate::error::{ErrorKind, GateError};
+use sdk_sign::{RequestParts, SdkAuthorization, SignError};
+
+/// How far `X-Sdk-Date` may be from our clock, either way.
+pub const SIGNATURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// How the client proved who it is; `anonymous` when it did not have to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     ApiKey,
+    Aksk,
+    Mtls,
     Anonymous,
 }
 
@@ -32,80 +47,229 @@ pub struct Identity {
     pub method: AuthMethod,
 }
 
+/// A secret key. `Debug` is redacted so it cannot reach a log by accident.
+struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What the TLS handshake proved about the peer: its verified certificate's names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Attributes in certificate order, `,`-joined without spaces: `O=Acme,CN=ops-admin`.
+    pub subject: String,
+    /// DNS names, URIs (SPIFFE IDs), e-mail addresses and IP addresses.
+    pub sans: Vec<String>,
+}
+
+impl PeerCertificate {
+    pub fn from_der(der: &[u8]) -> Option<PeerCertificate> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = normalize_subject(&cert.subject().to_string());
+        let mut sans = Vec::new();
+        if let Ok(Some(extension)) = cert.subject_alternative_name() {
+            for name in &extension.value.general_names {
+                match name {
+                    GeneralName::DNSName(v) | GeneralName::URI(v) | GeneralName::RFC822Name(v) => {
+                        sans.push(v.to_string())
+                    }
+                    GeneralName::IPAddress(bytes) => {
+                        let ip = match bytes.len() {
+                            4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                            16 => <[u8; 16]>::try_from(*bytes)
+                                .ok()
+                                .map(std::net::IpAddr::from),
+                            _ => None,
+                        };
+                        sans.extend(ip.map(|ip| ip.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(PeerCertificate { subject, sans })
+    }
+}
+
+fn normalize_subject(subject: &str) -> String {
+    subject
+        .split(',')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What authentication reads of a request.
+pub struct Presented<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Host header, or the HTTP/2 `:authority`.
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub certificate: Option<&'a PeerCertificate>,
+    /// The whole body, present whenever [`signs_body`] said so.
+    pub body: Option<&'a [u8]>,
+    /// Guarded operations must have their body covered by the signature.
+    pub guarded: bool,
+}
+
+/// Does this request carry an AK/SK signature, whose verification needs the body?
+pub fn signs_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(sdk_sign::ALGORITHM.as_bytes()))
+}
+
 /// Every configured client and how to recognise it.
 #[derive(Debug)]
 pub struct Clients {
     api_keys: Vec<([u8; 32], Arc<Client>)>,
+    access_keys: HashMap<String, (Secret, Arc<Client>)>,
+    tls_subjects: HashMap<String, Arc<Client>>,
+    tls_sans: HashMap<String, Arc<Client>>,
     anonymous: Option<Arc<Client>>,
+    known_ids: Vec<Arc<Client>>,
 }
 
 impl Clients {
     pub fn from_config(config: &Config) -> Result<Clients, Vec<String>> {
         let mut problems = Vec::new();
-        let mut api_keys = Vec::new();
+        let mut clients = Clients {
+            api_keys: Vec::new(),
+            access_keys: HashMap::new(),
+            tls_subjects: HashMap::new(),
+            tls_sans: HashMap::new(),
+            anonymous: None,
+            known_ids: Vec::new(),
+        };
         for spec in &config.clients {
             let client = Arc::new(Client {
                 id: spec.id.clone(),
                 groups: spec.groups.clone(),
             });
+            clients.known_ids.push(client.clone());
+            let name = &spec.id;
             let mut credentials = 0;
             if let Some(hash) = &spec.api_key_sha256 {
                 credentials += 1;
                 match parse_hex32(hash) {
-                    Some(hash) => api_keys.push((hash, client.clone())),
+                    Some(hash) if clients.api_keys.iter().any(|(h, _)| *h == hash) => {
+                        problems.push(format!("[[clients]] {name:?}: another client has the same API key"))
+                    }
+                    Some(hash) => clients.api_keys.push((hash, client.clone())),
                     None => problems.push(format!(
-                        "[[clients]] {:?}: api_key_sha256 must be 64 hex digits (the SHA-256 of the key; see `swr-gate keygen api-key`)",
-                        spec.id
+                        "[[clients]] {name:?}: api_key_sha256 must be 64 hex digits (the SHA-256 of the key; see `swr-gate keygen api-key`)"
                     )),
+                }
+            }
+            if let Some(access_key) = &spec.access_key {
+                credentials += 1;
+                match load_secret(config, spec) {
+                    Ok(secret) => {
+                        if clients
+                            .access_keys
+                            .insert(access_key.clone(), (secret, client.clone()))
+                            .is_some()
+                        {
+                            problems.push(format!("[[clients]] {name:?}: another client has the access key {access_key:?}"));
+                        }
+                    }
+                    Err(problem) => problems.push(format!("[[clients]] {name:?}: {problem}")),
+                }
+            } else if spec.secret_key_env.is_some() || spec.secret_key_file.is_some() {
+                problems.push(format!(
+                    "[[clients]] {name:?}: a secret key without access_key"
+                ));
+            }
+            if let Some(subject) = &spec.tls_subject {
+                credentials += 1;
+                if clients
+                    .tls_subjects
+                    .insert(normalize_subject(subject), client.clone())
+                    .is_some()
+                {
+                    problems.push(format!(
+                        "[[clients]] {name:?}: another client has tls_subject {subject:?}"
+                    ));
+                }
+            }
+            if let Some(san) = &spec.tls_san {
+                credentials += 1;
+                if clients
+                    .tls_sans
+                    .insert(san.clone(), client.clone())
+                    .is_some()
+                {
+                    problems.push(format!(
+                        "[[clients]] {name:?}: another client has tls_san {san:?}"
+                    ));
                 }
             }
             if credentials == 0 {
                 problems.push(format!(
-                    "[[clients]] {:?} has no credential (api_key_sha256)",
-                    spec.id
+                    "[[clients]] {name:?} has no credential (api_key_sha256, access_key, tls_subject or tls_san)"
                 ));
             }
-        }
-        for (i, (hash, client)) in api_keys.iter().enumerate() {
-            if let Some((_, other)) = api_keys[..i].iter().find(|(h, _)| h == hash) {
+            if (spec.tls_subject.is_some() || spec.tls_san.is_some())
+                && config
+                    .server
+                    .tls
+                    .as_ref()
+                    .is_none_or(|tls| tls.client_ca.is_none())
+            {
                 problems.push(format!(
-                    "[[clients]] {:?} and {:?} have the same API key",
-                    other.id, client.id
+                    "[[clients]] {name:?} is identified by client certificate, but [server.tls] has no client_ca"
                 ));
             }
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let anonymous = config.auth.allow_anonymous.then(|| {
-            Arc::new(Client {
+        if config.auth.allow_anonymous {
+            clients.anonymous = Some(Arc::new(Client {
                 id: "anonymous".into(),
                 groups: Vec::new(),
-            })
-        });
-        Ok(Clients {
-            api_keys,
-            anonymous,
-        })
+            }));
+        }
+        if problems.is_empty() {
+            Ok(clients)
+        } else {
+            Err(problems)
+        }
     }
 
-    /// Recognise the caller from its headers. Several credentials at once are refused
-    /// rather than ranked: a request that says two things about who sent it is suspect.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, GateError> {
-        let credential = presented_credential(headers)?;
-        match credential {
-            Some(Credential::ApiKey(key)) => self.by_api_key(key),
-            None => match &self.anonymous {
-                Some(client) => Ok(Identity {
-                    client: client.clone(),
-                    method: AuthMethod::Anonymous,
-                }),
+    /// Recognise the caller. Several credentials at once are refused rather than ranked:
+    /// a request that says two things about who sent it is suspect.
+    pub fn authenticate(
+        &self,
+        request: &Presented,
+        replay: &ReplayGuard,
+        now: SystemTime,
+    ) -> Result<Identity, GateError> {
+        let credential = header_credential(request.headers)?;
+        match (credential, request.certificate) {
+            (Some(_), Some(_)) => Err(GateError::new(
+                ErrorKind::AmbiguousCredentials,
+                "the connection has a client certificate and the request another credential; send exactly one",
+            )),
+            (None, Some(certificate)) => self.by_certificate(certificate),
+            (Some(HeaderCredential::ApiKey(key)), None) => self.by_api_key(key),
+            (Some(HeaderCredential::Signature(signature)), None) => self.by_signature(request, &signature, replay, now),
+            (None, None) => match &self.anonymous {
+                Some(client) => Ok(identity(client, AuthMethod::Anonymous)),
                 None => Err(GateError::new(
                     ErrorKind::NotAuthenticated,
-                    "no credential: send an API key (Authorization: Bearer KEY or X-Api-Key) or sign the request with AK/SK",
+                    "no credential: send an API key (Authorization: Bearer KEY or X-Api-Key), sign the request with AK/SK, or present a client certificate",
                 )),
             },
         }
+    }
+
+    /// Every client id, for checks that want to know whether an id exists.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.known_ids.iter().map(|c| c.id.as_str())
     }
 
     /// Compare against every stored hash, in constant time, without stopping early.
@@ -118,19 +282,135 @@ impl Clients {
             }
         }
         found
-            .map(|client| Identity {
-                client: client.clone(),
-                method: AuthMethod::ApiKey,
-            })
+            .map(|client| identity(client, AuthMethod::ApiKey))
             .ok_or_else(|| GateError::new(ErrorKind::UnknownCredential, "unknown API key"))
+    }
+
+    fn by_certificate(&self, certificate: &PeerCertificate) -> Result<Identity, GateError> {
+        let client = self.tls_subjects.get(&certificate.subject).or_else(|| {
+            certificate
+                .sans
+                .iter()
+                .find_map(|san| self.tls_sans.get(san))
+        });
+        client
+            .map(|client| identity(client, AuthMethod::Mtls))
+            .ok_or_else(|| {
+                GateError::new(
+                    ErrorKind::UnknownCredential,
+                    format!(
+                        "the client certificate ({}) matches no configured client",
+                        certificate.subject
+                    ),
+                )
+            })
+    }
+
+    fn by_signature(
+        &self,
+        request: &Presented,
+        signature: &SdkAuthorization,
+        replay: &ReplayGuard,
+        now: SystemTime,
+    ) -> Result<Identity, GateError> {
+        let Some((secret, client)) = self.access_keys.get(&signature.access_key) else {
+            return Err(GateError::new(
+                ErrorKind::UnknownCredential,
+                "unknown access key",
+            ));
+        };
+        let body = request.body.unwrap_or_default();
+        let declared = request
+            .headers
+            .get("x-sdk-content-sha256")
+            .map(|v| v.to_str().unwrap_or_default());
+        let payload_hash = sdk_sign::payload_hash(body, declared);
+        if payload_hash == "UNSIGNED-PAYLOAD" && request.guarded {
+            return Err(malformed(
+                "UNSIGNED-PAYLOAD is not accepted for guarded operations: the body must be signed",
+            ));
+        }
+        if payload_hash != "UNSIGNED-PAYLOAD" && payload_hash != sdk_sign::sha256_hex(body) {
+            return Err(GateError::new(
+                ErrorKind::BadSignature,
+                "X-Sdk-Content-Sha256 does not match the body",
+            ));
+        }
+        let parts = RequestParts {
+            method: request.method.as_str(),
+            raw_path: request.path,
+            raw_query: request.query,
+            host: request.host,
+            headers: request.headers,
+            payload_hash: &payload_hash,
+        };
+        let date = sdk_sign::verify(&secret.0, &parts, signature).map_err(|error| match error {
+            SignError::BadSignature => GateError::new(
+                ErrorKind::BadSignature,
+                "the AK/SK signature does not match the request",
+            ),
+            SignError::Malformed(why) => malformed(why),
+        })?;
+        let signed_at = sdk_sign::parse_sdk_date(&date)
+            .map_err(|_| malformed("x-sdk-date is not YYYYMMDDTHHMMSSZ"))?;
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if now.abs_diff(signed_at) > SIGNATURE_WINDOW.as_secs() {
+            return Err(GateError::new(
+                ErrorKind::StaleDate,
+                format!(
+                    "X-Sdk-Date {date} is more than {} minutes from the gateway's clock",
+                    SIGNATURE_WINDOW.as_secs() / 60
+                ),
+            ));
+        }
+        replay.first_use(
+            &signature.signature,
+            signed_at + SIGNATURE_WINDOW.as_secs(),
+            now,
+        )?;
+        Ok(identity(client, AuthMethod::Aksk))
     }
 }
 
-enum Credential<'a> {
-    ApiKey(&'a [u8]),
+fn identity(client: &Arc<Client>, method: AuthMethod) -> Identity {
+    Identity {
+        client: client.clone(),
+        method,
+    }
 }
 
-fn presented_credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, GateError> {
+fn malformed(why: &str) -> GateError {
+    GateError::new(
+        ErrorKind::MalformedAuthorization,
+        format!("malformed AK/SK signature: {why}"),
+    )
+}
+
+fn load_secret(config: &Config, spec: &crate::config::ClientSpec) -> Result<Secret, String> {
+    let text = match (&spec.secret_key_env, &spec.secret_key_file) {
+        (Some(var), None) => std::env::var(var)
+            .map_err(|_| format!("secret_key_env: the environment variable {var} is not set"))?,
+        (None, Some(path)) => {
+            let path = config.resolve(path);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("secret_key_file {}: {e}", path.display()))?
+        }
+        (None, None) => return Err("access_key needs secret_key_env or secret_key_file".into()),
+        (Some(_), Some(_)) => return Err("give secret_key_env or secret_key_file, not both".into()),
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the secret key is empty".into());
+    }
+    Ok(Secret(text.as_bytes().to_vec()))
+}
+
+enum HeaderCredential<'a> {
+    ApiKey(&'a [u8]),
+    Signature(SdkAuthorization),
+}
+
+fn header_credential(headers: &HeaderMap) -> Result<Option<HeaderCredential<'_>>, GateError> {
     let ambiguous = |what: &str| {
         GateError::new(
             ErrorKind::AmbiguousCredentials,
@@ -149,28 +429,30 @@ fn presented_credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, G
     match (authorization.first(), api_key.first()) {
         (Some(_), Some(_)) => Err(ambiguous("both Authorization and X-Api-Key are present")),
         (None, None) => Ok(None),
-        (None, Some(key)) => {
-            let key = key.as_bytes();
-            if key.is_empty() {
-                return Err(malformed("X-Api-Key is empty"));
-            }
-            Ok(Some(Credential::ApiKey(key)))
-        }
+        (None, Some(key)) => match key.as_bytes() {
+            b"" => Err(malformed("X-Api-Key is empty")),
+            key => Ok(Some(HeaderCredential::ApiKey(key))),
+        },
         (Some(value), None) => {
             let value = value.as_bytes();
-            let Some(space) = value.iter().position(|b| *b == b' ') else {
-                return Err(malformed(
-                    "Authorization must be \"Bearer KEY\" or an SDK-HMAC-SHA256 signature",
-                ));
+            let unknown = || {
+                malformed("Authorization must be \"Bearer KEY\" or an SDK-HMAC-SHA256 signature")
             };
+            let space = value.iter().position(|b| *b == b' ').ok_or_else(unknown)?;
             let (scheme, rest) = value.split_at(space);
+            if scheme == sdk_sign::ALGORITHM.as_bytes() {
+                let text = std::str::from_utf8(value).map_err(|_| unknown())?;
+                let parsed = sdk_sign::parse_authorization(text).map_err(|error| match error {
+                    SignError::Malformed(why) => self::malformed(why),
+                    SignError::BadSignature => unknown(),
+                })?;
+                return Ok(Some(HeaderCredential::Signature(parsed)));
+            }
             let token = rest.trim_ascii();
             if scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty() {
-                Ok(Some(Credential::ApiKey(token)))
+                Ok(Some(HeaderCredential::ApiKey(token)))
             } else {
-                Err(malformed(
-                    "Authorization must be \"Bearer KEY\" or an SDK-HMAC-SHA256 signature",
-                ))
+                Err(unknown())
             }
         }
     }
