@@ -10,6 +10,8 @@ pub mod body;
 pub mod check;
 pub mod config;
 pub mod crypto;
+pub mod dev;
+pub mod emulator;
 pub mod error;
 pub mod iam;
 pub mod keygen;

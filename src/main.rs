@@ -32,6 +32,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the gateway on embedded defaults in front of a built-in SWR emulator, on
+    /// loopback, and print demo credentials and examples.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: std::net::SocketAddr,
+    },
     /// Load and validate the config, schemas and routes; print every problem.
     Check {
         #[arg(long)]
@@ -64,16 +72,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve { config } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(error) => return fail(&format!("cannot start the runtime: {error}")),
-            };
-            match runtime.block_on(swr_gate::server::serve(&config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => fail(&error),
-            }
-        }
+        Command::Serve { config } => run(swr_gate::server::serve(&config)),
+        Command::Dev {
+            listen,
+            admin_listen,
+        } => run(swr_gate::dev::run(listen, admin_listen)),
         Command::Check { config } => {
             let problems = swr_gate::check::check(&config);
             if problems.is_empty() {
@@ -93,6 +96,17 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn run(task: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start the runtime: {error}")),
+    };
+    match runtime.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
     }
 }
 

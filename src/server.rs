@@ -27,6 +27,14 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Run the gateway until SIGTERM or SIGINT, then drain and return.
 pub async fn serve(config_path: &Path) -> Result<(), String> {
+    serve_then(config_path, |_| {}).await
+}
+
+/// [`serve`], calling `on_listening` with the bound address once connections are accepted.
+pub async fn serve_then(
+    config_path: &Path,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
     let config = Config::load(config_path)?;
     let snapshot = Snapshot::load(config).map_err(|problems| problems.join("\n"))?;
     let config = &snapshot.config;
@@ -60,11 +68,9 @@ pub async fn serve(config_path: &Path) -> Result<(), String> {
         tracing::info!(listen = %admin_listener.local_addr().map_err(|e| e.to_string())?, "admin endpoints listening");
         tokio::spawn(admin::serve(admin_listener, gate.clone()));
     }
-    tracing::info!(
-        listen = %listener.local_addr().map_err(|e| e.to_string())?,
-        tls = gate.snapshot.load().tls.is_some(),
-        "swr-gate listening"
-    );
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(listen = %local, tls = gate.snapshot.load().tls.is_some(), "swr-gate listening");
+    on_listening(local);
 
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());

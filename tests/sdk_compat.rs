@@ -1,55 +1,16 @@
 //! The official Huawei Cloud Python SDK (`huaweicloudsdkswr`), pointed at swr-gate with
 //! gateway-issued AK/SK, works as it does against SWR; forged, stale and replayed
 //! requests get 401 and SWR receives nothing of them.
-//!
-//! The SDK is installed into a virtualenv under `target/` on first run (PyPI), so a plain
-//! `cargo test` fetches what it needs by itself.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 
 const AK: &str = "GWAKSDKTEST000000001";
 const SK: &str = "gateway-issued-secret-for-the-python-sdk";
-const SDK_VERSION: &str = "3.1.219";
-
-/// A virtualenv with the SDK, made once and reused.
-fn sdk_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env/sdk-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(format!("ready-{SDK_VERSION}"));
-    if ready.exists() {
-        return python;
-    }
-    let status = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv)
-        .status()
-        .expect("python3 is needed");
-    assert!(status.success(), "could not create {}", venv.display());
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg(format!("huaweicloudsdkswr=={SDK_VERSION}"))
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "pip could not install huaweicloudsdkswr=={SDK_VERSION}"
-    );
-    std::fs::write(&ready, "").unwrap();
-    python
-}
-
 #[test]
 fn the_official_python_sdk_works_through_the_gateway_and_forgeries_do_not() {
     let python = sdk_python();

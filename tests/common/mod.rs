@@ -518,3 +518,40 @@ impl Pki {
         (cert_path, key_path)
     }
 }
+
+pub const SDK_VERSION: &str = "3.1.219";
+
+/// A virtualenv with the official Python SDK, made once under `target/` (from PyPI) and
+/// reused, so a plain `cargo test` fetches what it needs by itself.
+pub fn sdk_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env/sdk-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(format!("ready-{SDK_VERSION}"));
+    if ready.exists() {
+        return python;
+    }
+    let status = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .expect("python3 is needed");
+    assert!(status.success(), "could not create {}", venv.display());
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(format!("huaweicloudsdkswr=={SDK_VERSION}"))
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "pip could not install huaweicloudsdkswr=={SDK_VERSION}"
+    );
+    std::fs::write(&ready, "").unwrap();
+    python
+}

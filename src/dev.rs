@@ -1,0 +1,154 @@
+//! `swr-gate dev`: the whole thing on loopback with no config file. The gateway runs
+//! on embedded defaults in front of the built-in SWR emulator, with demo credentials and
+//! examples printed ready to paste.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::crypto::{hex, random_bytes, sha256};
+use crate::emulator::{Emulator, DEMO_IMAGES};
+
+/// The shipped policy directory, built into the binary so `dev` needs no checkout.
+const POLICY_FILES: [(&str, &str); 4] = [
+    ("routes.toml", include_str!("../policies/routes.toml")),
+    (
+        "schemas/create_user_repository_auth.schema.json",
+        include_str!("../policies/schemas/create_user_repository_auth.schema.json"),
+    ),
+    (
+        "schemas/update_user_repository_auth.schema.json",
+        include_str!("../policies/schemas/update_user_repository_auth.schema.json"),
+    ),
+    (
+        "schemas/update_repo_domains.schema.json",
+        include_str!("../policies/schemas/update_repo_domains.schema.json"),
+    ),
+];
+
+/// A project id in the shape the SDK wants; the emulator does not check it.
+const DEMO_PROJECT: &str = "0123456789abcdef0123456789abcdef";
+const DEMO_USER: &str = "fb3f175c1fd146ab8cdae3272be6107b";
+
+pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("swr-gate-dev-{}", std::process::id()));
+    let result = run_in(&dir, listen, admin).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+    let write = |path: PathBuf, text: &str| {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    for (name, text) in POLICY_FILES {
+        write(dir.join("policies").join(name), text)?;
+    }
+
+    let token = format!("dev-{}", hex(&random_bytes::<24>()));
+    let emulator_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start the SWR emulator: {e}"))?;
+    let emulator_addr = emulator_listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(Emulator::new(token.clone(), &DEMO_IMAGES).serve(emulator_listener));
+
+    let api_key = format!("swrg_{}", hex(&random_bytes::<24>()));
+    let access_key = "DEVGATEWAYACCESSKEY1";
+    let secret_key = hex(&random_bytes::<20>());
+    write(dir.join("iam-token"), &token)?;
+    write(dir.join("demo-sk"), &secret_key)?;
+    let config = format!(
+        r#"[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[upstream]
+url = "http://{emulator_addr}"
+
+[iam]
+method = "token_file"
+token_file = "iam-token"
+
+[policy]
+dir = "policies"
+
+[audit]
+path = "audit.jsonl"
+
+[[clients]]
+id = "demo-ci"
+groups = ["ci"]
+api_key_sha256 = "{api_key_hash}"
+
+[[clients]]
+id = "demo-sdk"
+groups = ["release"]
+access_key = "{access_key}"
+secret_key_file = "demo-sk"
+"#,
+        api_key_hash = hex(&sha256(api_key.as_bytes())),
+    );
+    let config_path = dir.join("gate.toml");
+    write(config_path.clone(), &config)?;
+
+    let audit = dir.join("audit.jsonl");
+    crate::server::serve_then(&config_path, |addr| {
+        println!(
+            "{}",
+            banner(
+                addr,
+                emulator_addr,
+                &api_key,
+                access_key,
+                &secret_key,
+                &audit
+            )
+        );
+    })
+    .await
+}
+
+fn banner(
+    addr: SocketAddr,
+    emulator: SocketAddr,
+    api_key: &str,
+    access_key: &str,
+    secret_key: &str,
+    audit: &Path,
+) -> String {
+    let images = DEMO_IMAGES.join(", ");
+    let audit = audit.display();
+    format!(
+        r#"swr-gate dev: the gateway on http://{addr}, in front of a built-in SWR emulator on http://{emulator}
+(images {images}; permissions and shares kept in memory). Ctrl-C stops it.
+
+Demo credentials
+  API key (client demo-ci):        {api_key}
+  AK/SK   (client demo-sdk):       {access_key} / {secret_key}
+Audit trail: {audit}
+
+Grant user01 write access to team-a/app with curl:
+
+curl -i -X POST http://{addr}/v2/manage/namespaces/team-a/repos/app/access \
+  -H 'X-Api-Key: {api_key}' -H 'Content-Type: application/json' \
+  -d '[{{"user_id":"{DEMO_USER}","user_name":"user01","auth":3}}]'
+
+The same with the official Python SDK (pip install huaweicloudsdkswr):
+
+python3 - <<'PY'
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkswr.v2 import SwrClient, CreateUserRepositoryAuthRequest, UserAuth
+client = SwrClient.new_builder() \
+    .with_credentials(BasicCredentials("{access_key}", "{secret_key}", "{DEMO_PROJECT}")) \
+    .with_endpoints(["http://{addr}"]).build()
+print(client.create_user_repository_auth(CreateUserRepositoryAuthRequest(
+    namespace="team-a", repository="group/app",
+    body=[UserAuth(user_id="{DEMO_USER}", user_name="user01", auth=1)])))
+PY
+"#
+    )
+}
