@@ -29,17 +29,15 @@ fn setup(client_auth: &str) -> Setup {
     let (cert, key) = server_pki.issue("gateway", &["localhost", "127.0.0.1"]);
     let clients = Pki::new(dir.path(), "client-ca");
     let swr = StandInSwr::start();
-    let extra = format!(
-        "[[clients]]\nid = \"ops-admin\"\ngroups = [\"admins\"]\ntls_subject = \"CN=ops-admin\"\n\n\
-         [[clients]]\nid = \"ci-workload\"\ngroups = [\"ci\"]\ntls_san = \"spiffe://acme/ci\"\n"
-    );
+    let extra = "[[clients]]\nid = \"ops-admin\"\ngroups = [\"admins\"]\ntls_subject = \"CN=ops-admin\"\n\n\
+         [[clients]]\nid = \"ci-workload\"\ngroups = [\"ci\"]\ntls_san = \"spiffe://acme/ci\"\n";
     let tls = format!(
         "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"{client_auth}\"\n\n[upstream]\n",
         cert.display(),
         key.display(),
         clients.ca_file.display()
     );
-    let gate = Gateway::start_with(&swr.url(), &extra, |c| {
+    let gate = Gateway::start_with(&swr.url(), extra, |c| {
         *c = c.replacen("[upstream]\n", &tls, 1)
     });
     Setup {
