@@ -11,7 +11,7 @@ pub fn check(config_path: &Path) -> Vec<String> {
         Ok(config) => config,
         Err(problem) => return vec![problem],
     };
-    match Snapshot::load(config) {
+    match Snapshot::load(config, None) {
         Ok(_) => Vec::new(),
         Err(problems) => problems,
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::ratelimit::RateLimitSpec;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -23,6 +25,8 @@ pub struct Config {
     pub auth: Auth,
     #[serde(default)]
     pub clients: Vec<ClientSpec>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
     /// The directory of the config file; relative paths in it start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -242,7 +246,7 @@ mod defaults {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(

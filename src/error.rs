@@ -25,6 +25,8 @@ pub enum ErrorKind {
     MalformedAuthorization,
     AmbiguousCredentials,
     TooManyAuthFailures,
+    RateLimited,
+    RateLimitUnavailable,
     UnmatchedRoute,
     BodyTimeout,
     BodyTooLarge,
@@ -49,13 +51,13 @@ impl ErrorKind {
             | Replay
             | MalformedAuthorization
             | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
-            TooManyAuthFailures => StatusCode::TOO_MANY_REQUESTS,
+            TooManyAuthFailures | RateLimited => StatusCode::TOO_MANY_REQUESTS,
             UnmatchedRoute => StatusCode::NOT_FOUND,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UpstreamUnreachable => StatusCode::BAD_GATEWAY,
-            NoToken | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            NoToken | AuditUnavailable | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -81,7 +83,9 @@ impl ErrorKind {
             MalformedAuthorization => "SWR.GATE.4010006",
             AmbiguousCredentials => "SWR.GATE.4010007",
             UnmatchedRoute => "SWR.GATE.4040001",
+            RateLimited => "SWR.GATE.4290001",
             TooManyAuthFailures => "SWR.GATE.4290002",
+            RateLimitUnavailable => "SWR.GATE.5030003",
             BodyTimeout => "SWR.GATE.4080001",
             BodyTooLarge => "SWR.GATE.4130001",
             UnsupportedMediaType => "SWR.GATE.4150001",
@@ -108,6 +112,7 @@ impl ErrorKind {
             | TooManyAuthFailures => "auth",
             MalformedJson | DuplicateKey | NestingTooDeep | BodyNotUtf8 | BodyTimeout
             | BodyTooLarge | UnsupportedMediaType => "body",
+            RateLimited | RateLimitUnavailable => "rate_limit",
             SchemaViolation => "schema",
             UpstreamUnreachable | UpstreamTimeout | NoToken | AuditUnavailable | Internal => {
                 "upstream"
@@ -132,6 +137,8 @@ pub struct GateError {
     pub details: Vec<Detail>,
     /// Seconds the client should wait before trying again (429, 503).
     pub retry_after: Option<u64>,
+    /// The rate limit that refused the request: (requests per period, remaining).
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 impl GateError {
@@ -141,7 +148,13 @@ impl GateError {
             message: message.into(),
             details: Vec::new(),
             retry_after: None,
+            rate_limit: None,
         }
+    }
+
+    pub fn with_rate_limit(mut self, limit: u32, remaining: u32) -> Self {
+        self.rate_limit = Some((limit, remaining));
+        self
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -187,8 +200,17 @@ impl GateError {
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some((limit, remaining)) = self.rate_limit {
+            rate_limit_headers(headers, limit, remaining);
+        }
         response
     }
+}
+
+/// `X-RateLimit-Limit` (requests per period) and `X-RateLimit-Remaining` (burst left).
+pub fn rate_limit_headers(headers: &mut http::HeaderMap, limit: u32, remaining: u32) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
 }
 
 impl std::fmt::Display for GateError {

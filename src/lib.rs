@@ -16,6 +16,7 @@ pub mod error;
 pub mod iam;
 pub mod keygen;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod route;
 pub mod schema;
 pub mod server;

@@ -20,13 +20,16 @@ use crate::auth::{self, FailureLimiter, Identity, PeerCertificate, Presented, Re
 use crate::body;
 use crate::config::{OnFailure, Unmatched};
 use crate::crypto::{hex, random_bytes};
-use crate::error::{ErrorKind, GateError};
+use crate::error::{rate_limit_headers, ErrorKind, GateError};
 use crate::iam::TokenSource;
 use crate::route::{Resolved, Target};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, UpstreamBody};
 
 pub type GateBody = UpstreamBody;
+
+/// The operation name of requests that match no guarded route but are forwarded.
+pub const FORWARD: &str = "forward";
 
 /// The running gateway: the current snapshot and the parts that outlive reloads.
 pub struct Gate {
@@ -60,6 +63,9 @@ pub async fn handle(
     };
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         response.headers_mut().insert("x-request-id", id);
+    }
+    if let Some((limit, remaining)) = exchange.rate_limit {
+        rate_limit_headers(response.headers_mut(), limit, remaining);
     }
     exchange.status = Some(response.status().as_u16());
     if let Err(error) = gate.audit.write(exchange.record(Stage::Completed)).await {
@@ -97,8 +103,20 @@ async fn process(
     }
 
     let guarded = matches!(resolved, Resolved::Guarded { .. });
-    exchange.identity =
-        Some(authenticate(gate, snapshot, peer, exchange, &parts, &mut body, guarded).await?);
+    let identity = authenticate(gate, snapshot, peer, exchange, &parts, &mut body, guarded).await?;
+    exchange.identity = Some(identity.clone());
+
+    let operation = exchange.operation.as_deref().unwrap_or(FORWARD);
+    let applied = snapshot
+        .rate_limits
+        .check(&identity, exchange.client_ip, operation)
+        .await;
+    if let Err(GateError { rate_limit, .. }) = &applied {
+        exchange.rate_limit = *rate_limit;
+    }
+    let applied = applied?;
+    exchange.rate_limit = applied.limit;
+    exchange.notes.extend(applied.notes);
 
     match resolved {
         Resolved::Guarded {
@@ -339,6 +357,10 @@ struct Exchange {
     status: Option<u16>,
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
+    /// The tightest rate limit that applied: (requests per period, remaining).
+    rate_limit: Option<(u32, u32)>,
+    /// Things the audit record should say beyond the outcome.
+    notes: Vec<audit::Reason>,
 }
 
 impl Exchange {
@@ -369,6 +391,8 @@ impl Exchange {
             status: None,
             upstream_status: None,
             upstream_ms: None,
+            rate_limit: None,
+            notes: Vec::new(),
         }
     }
 
@@ -419,7 +443,7 @@ impl Exchange {
     }
 
     fn record(&self, stage: Stage) -> Record {
-        let (denied_by, reasons) = match &self.error {
+        let (denied_by, mut reasons) = match &self.error {
             None => (None, Vec::new()),
             Some(error) => {
                 let mut reasons: Vec<audit::Reason> = error
@@ -442,6 +466,7 @@ impl Exchange {
                 (Some(error.kind.stage()), reasons)
             }
         };
+        reasons.extend(self.notes.iter().cloned());
         Record {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             request_id: self.request_id.clone(),

@@ -36,7 +36,7 @@ pub async fn serve_then(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     let config = Config::load(config_path)?;
-    let snapshot = Snapshot::load(config).map_err(|problems| problems.join("\n"))?;
+    let snapshot = Snapshot::load(config, None).map_err(|problems| problems.join("\n"))?;
     let config = &snapshot.config;
     let tokens = Arc::new(TokenSource::from_config(config));
     tokens.spawn_watcher();
@@ -64,6 +64,7 @@ pub async fn serve_then(
         replay: ReplayGuard::default(),
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
     });
+    tokio::spawn(sweep_rate_limits(Arc::downgrade(&gate)));
     if let Some(admin_listener) = admin_listener {
         tracing::info!(listen = %admin_listener.local_addr().map_err(|e| e.to_string())?, "admin endpoints listening");
         tokio::spawn(admin::serve(admin_listener, gate.clone()));
@@ -186,6 +187,17 @@ async fn serve_connection(
     };
     if let Err(error) = result {
         tracing::debug!(peer = %addr, %error, "connection ended with an error");
+    }
+}
+
+/// Evict idle rate-limit buckets now and then, so memory stays bounded however many
+/// distinct keys (client addresses) arrive.
+async fn sweep_rate_limits(gate: std::sync::Weak<Gate>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let Some(gate) = gate.upgrade() else { return };
+        gate.snapshot.load().rate_limits.sweep();
     }
 }
 

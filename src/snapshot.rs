@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Clients;
 use crate::config::{ClientAuth, Config, ServerTls};
+use crate::ratelimit::RateLimits;
 use crate::route::{Route, RouteFile, RouteTable};
 use crate::schema::Schema;
 use crate::upstream::Upstream;
@@ -26,12 +27,14 @@ pub struct Snapshot {
     /// Present when `[server.tls]` is configured; new connections use the current one,
     /// so a renewed certificate takes effect on reload.
     pub tls: Option<TlsAcceptor>,
+    pub rate_limits: RateLimits,
 }
 
 impl Snapshot {
     /// Load everything the config refers to. On failure, every problem found is
-    /// returned (not just the first), each naming its file.
-    pub fn load(config: Config) -> Result<Snapshot, Vec<String>> {
+    /// returned (not just the first), each naming its file. State worth keeping across
+    /// a reload (rate-limit buckets) is carried over from `previous`.
+    pub fn load(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
         let mut problems = config.problems();
         let policy_dir = config.resolve(&config.policy.dir);
         let (routes, schemas) = match load_routes(&policy_dir) {
@@ -57,15 +60,32 @@ impl Snapshot {
                 .map(Some),
             None => Some(None),
         };
-        match (clients, upstream, tls) {
-            (Some(clients), Some(upstream), Some(tls)) if problems.is_empty() => Ok(Snapshot {
-                config,
-                routes,
-                schemas,
-                clients,
-                upstream,
-                tls,
-            }),
+        let operations: Vec<&str> = routes
+            .routes()
+            .iter()
+            .map(|r| r.operation.as_str())
+            .collect();
+        let rate_limits = RateLimits::build(
+            &config.rate_limits,
+            &operations,
+            previous.map(|p| &p.rate_limits),
+        )
+        .map_err(|p| problems.extend(p))
+        .ok();
+        match (clients, upstream, tls, rate_limits) {
+            (Some(clients), Some(upstream), Some(tls), Some(rate_limits))
+                if problems.is_empty() =>
+            {
+                Ok(Snapshot {
+                    config,
+                    routes,
+                    schemas,
+                    clients,
+                    upstream,
+                    tls,
+                    rate_limits,
+                })
+            }
             _ => Err(problems),
         }
     }
