@@ -33,10 +33,20 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>) {
     }
 }
 
+/// Ready when an IAM token is held and the audit trail takes records (the config is
+/// loaded whenever the process serves at all).
+fn readiness(gate: &Gate) -> Result<(), String> {
+    gate.tokens.is_ready()?;
+    if !gate.audit.is_writable() {
+        return Err("the audit log cannot be written".into());
+    }
+    Ok(())
+}
+
 fn answer(gate: &Gate, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" => match gate.tokens.is_ready() {
+        "/readyz" => match readiness(gate) {
             Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
             Err(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,

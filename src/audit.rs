@@ -3,11 +3,15 @@
 //!
 //! Records are written by a dedicated thread so request handling never touches the disk;
 //! the channel to it is bounded, so when it falls behind requests wait instead of records
-//! being dropped.
+//! being dropped. [`review`] reads trails back: `audit verify` and `audit query`.
+
+pub mod review;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -15,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::AuthMethod;
 use crate::config::{Config, Fsync};
-use crate::crypto::{hex, hmac_sha256, sha256};
+use crate::crypto::{constant_time_eq, hex, hmac_sha256, sha256};
 
 /// The `prev` of the first record of a new trail.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -25,6 +29,9 @@ const QUEUE: usize = 4096;
 
 /// How long a record may sit written but not fsync'd under `fsync = "batch"`.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// How often the writer looks whether its file was moved away without a SIGHUP.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,37 +136,49 @@ impl Chain {
         (line, hash)
     }
 
-    /// Check one written line: returns its `prev` and `hash` when the hash matches.
-    pub fn open(&self, line: &[u8]) -> Option<(String, String)> {
-        const TAIL: usize = ",\"hash\":\"".len() + 64 + 2;
+    /// Check one written line: its `prev` and `hash` when the hash matches, else why not.
+    pub fn open(&self, line: &[u8]) -> Result<(String, String), &'static str> {
+        const MARK: &[u8] = b",\"hash\":\"";
+        const TAIL: usize = MARK.len() + 64 + 2;
+        let incomplete = "not a complete record (truncated, or edited)";
         if line.len() < TAIL + 2 || !line.ends_with(b"\"}") {
-            return None;
+            return Err(incomplete);
         }
         let (body, tail) = line.split_at(line.len() - TAIL);
-        let hash = std::str::from_utf8(&tail[9..9 + 64]).ok()?;
-        if &tail[..9] != b",\"hash\":\"" {
-            return None;
+        if &tail[..MARK.len()] != MARK {
+            return Err(incomplete);
         }
+        let hash =
+            std::str::from_utf8(&tail[MARK.len()..MARK.len() + 64]).map_err(|_| incomplete)?;
         let mut hashed = body.to_vec();
         hashed.push(b'}');
-        if self.digest(&hashed) != hash {
-            return None;
+        if !constant_time_eq(self.digest(&hashed).as_bytes(), hash.as_bytes()) {
+            return Err("its hash does not match its content (edited, or another hmac key)");
         }
-        let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-        let prev = value.get("prev")?.as_str()?.to_owned();
-        Some((prev, hash.to_owned()))
+        let value: serde_json::Value = serde_json::from_slice(line).map_err(|_| incomplete)?;
+        let prev = value
+            .get("prev")
+            .and_then(|p| p.as_str())
+            .ok_or(incomplete)?;
+        Ok((prev.to_owned(), hash.to_owned()))
     }
 }
 
-struct Job {
-    record: Record,
-    done: oneshot::Sender<io::Result<()>>,
+enum Job {
+    Record(Box<Record>, oneshot::Sender<io::Result<()>>),
+    /// Sync everything written so far (shutdown).
+    Flush(oneshot::Sender<io::Result<()>>),
+    /// Open the path anew (SIGHUP after logrotate moved the file away).
+    Reopen(oneshot::Sender<io::Result<()>>),
 }
 
 /// The handle requests use to write records.
 #[derive(Clone)]
 pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
+    failures: Arc<AtomicU64>,
+    /// Whether the last write succeeded, for /readyz.
+    writable: Arc<AtomicBool>,
 }
 
 impl AuditLog {
@@ -168,37 +187,80 @@ impl AuditLog {
     pub fn start(config: &Config) -> Result<AuditLog, String> {
         let path = config.resolve(&config.audit.path);
         let key = match &config.audit.hmac_key_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .map_err(|_| {
-                        format!("[audit] hmac_key_env: the environment variable {var} is not set")
-                    })?
-                    .into_bytes(),
-            ),
+            Some(var) => Some(hmac_key(var)?),
             None => None,
         };
         let chain = Chain::new(key);
         let mut sink = Sink::open(&path)?;
         let prev = sink.last_hash(&chain)?;
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let fsync = config.audit.fsync;
+        let writer = Writer {
+            sink,
+            chain,
+            prev,
+            fsync: config.audit.fsync,
+            unsynced_since: None,
+            last_rotation_check: Instant::now(),
+        };
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(queue, sink, chain, prev, fsync))
+            .spawn(move || writer.run(queue))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok(AuditLog { jobs })
+        Ok(AuditLog {
+            jobs,
+            failures: Arc::default(),
+            writable: Arc::new(AtomicBool::new(true)),
+        })
     }
 
     /// Write one record; returns once it is in the file (and on disk with `fsync = "always"`).
     pub async fn write(&self, record: Record) -> io::Result<()> {
-        let (done, written) = oneshot::channel();
-        self.jobs
-            .send(Job { record, done })
-            .await
-            .map_err(|_| io::Error::other("the audit writer has stopped"))?;
-        written
-            .await
-            .map_err(|_| io::Error::other("the audit writer has stopped"))?
+        let result = self.ask(|done| Job::Record(Box::new(record), done)).await;
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.writable.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    /// Whether the last record could be written.
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    /// Records that could not be written since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Everything written so far, synced to disk.
+    pub async fn flush(&self) -> io::Result<()> {
+        self.ask(Job::Flush).await
+    }
+
+    /// Reopen the file at the configured path (after rotation); the chain goes on.
+    pub async fn reopen(&self) -> io::Result<()> {
+        self.ask(Job::Reopen).await
+    }
+
+    async fn ask(
+        &self,
+        job: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job,
+    ) -> io::Result<()> {
+        let stopped = || io::Error::other("the audit writer has stopped");
+        let (done, answer) = oneshot::channel();
+        self.jobs.send(job(done)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// The key of the hash chain, from the environment variable `[audit] hmac_key_env` names.
+pub fn hmac_key(var: &str) -> Result<Vec<u8>, String> {
+    match std::env::var(var) {
+        Ok(key) if !key.is_empty() => Ok(key.into_bytes()),
+        _ => Err(format!(
+            "[audit] hmac_key_env: the environment variable {var} is not set"
+        )),
     }
 }
 
@@ -224,37 +286,57 @@ impl Sink {
         })
     }
 
-    /// The hash of the last record in the file, so a restart continues the chain.
+    /// The hash of the last record in the file, so a restart continues the chain. A torn
+    /// last line (a crash mid-write) is closed with a newline and left for `audit verify`
+    /// to report; a complete last line that does not verify stops the start.
     fn last_hash(&mut self, chain: &Chain) -> Result<String, String> {
         let Sink::File { file, path } = self else {
             return Ok(GENESIS.into());
         };
-        let len = file.metadata().map_err(|e| e.to_string())?.len();
-        let start = len.saturating_sub(64 * 1024);
+        let metadata = file.metadata().map_err(|e| e.to_string())?;
+        if !metadata.is_file() {
+            return Ok(GENESIS.into());
+        }
+        let start = metadata.len().saturating_sub(64 * 1024);
         let mut tail = Vec::new();
         file.seek(SeekFrom::Start(start))
             .and_then(|_| file.read_to_end(&mut tail))
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !tail.is_empty() && !tail.ends_with(b"\n") {
+            tracing::warn!(path = %path.display(), "the audit file ends in a torn record; it is closed and the chain continues from the last complete one");
+            file.write_all(b"\n")
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tail.truncate(tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
+        }
         let Some(last) = tail.split(|b| *b == b'\n').rev().find(|l| !l.is_empty()) else {
             return Ok(GENESIS.into());
         };
         match chain.open(last) {
-            Some((_, hash)) => Ok(hash),
-            None => Err(format!(
-                "{}: the last record does not verify (edited, truncated, or another hmac key); move the file aside or run `swr-gate audit verify`",
+            Ok((_, hash)) => Ok(hash),
+            Err(_) => Err(format!(
+                "{}: the last record does not verify (edited, or another hmac key); run `swr-gate audit verify` and move the file aside",
                 path.display()
             )),
         }
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Append `bytes` whole or not at all: a failed write is cut back off, so a full disk
+    /// never leaves half a record in the chain.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Sink::Stdout => {
                 let mut out = io::stdout().lock();
                 out.write_all(bytes)?;
                 out.flush()
             }
-            Sink::File { file, .. } => file.write_all(bytes),
+            Sink::File { file, .. } => {
+                let before = file.metadata()?.len();
+                let result = file.write_all(bytes);
+                if result.is_err() {
+                    let _ = file.set_len(before);
+                }
+                result
+            }
         }
     }
 
@@ -264,77 +346,129 @@ impl Sink {
             Sink::File { file, .. } => file.sync_data(),
         }
     }
+
+    /// Has the path been moved away or replaced since we opened it (logrotate without
+    /// SIGHUP)?
+    fn rotated(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Sink::File { file, path } = self else {
+            return false;
+        };
+        match (std::fs::metadata(path), file.metadata()) {
+            (Ok(at_path), Ok(open)) => at_path.ino() != open.ino() || at_path.dev() != open.dev(),
+            (Err(_), _) => true,
+            (_, Err(_)) => false,
+        }
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        if let Sink::File { file, path } = self {
+            let _ = file.sync_data();
+            let path = path.clone();
+            *self = Sink::open(&path).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
 }
 
-fn write_loop(
-    mut queue: mpsc::Receiver<Job>,
-    mut sink: Sink,
+/// The writer thread's state.
+struct Writer {
+    sink: Sink,
     chain: Chain,
-    mut prev: String,
+    /// Hash of the last record written: the next record's `prev`.
+    prev: String,
     fsync: Fsync,
-) {
-    let mut unsynced_since: Option<Instant> = None;
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    let mut waiting = Vec::new();
-    loop {
-        let first = match unsynced_since {
-            // Something is written but not yet on disk: wait for more only until the
-            // batch window closes, then sync.
-            Some(since) => match queue.try_recv() {
-                Ok(job) => Some(job),
+    unsynced_since: Option<Instant>,
+    last_rotation_check: Instant,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut batch = Vec::new();
+        while let Some(first) = self.next_job(&mut queue) {
+            // Group commit: everything already queued goes out in one write.
+            batch.push(first);
+            while batch.len() < 1024 {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.handle(&mut batch);
+        }
+        let _ = self.sink.sync();
+    }
+
+    /// The next job; meanwhile, under `fsync = "batch"`, sync once the window closes.
+    fn next_job(&mut self, queue: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        loop {
+            let Some(since) = self.unsynced_since else {
+                return queue.blocking_recv();
+            };
+            match queue.try_recv() {
+                Ok(job) => return Some(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     let left = BATCH_WINDOW.saturating_sub(since.elapsed());
                     if left.is_zero() {
-                        if let Err(error) = sink.sync() {
+                        if let Err(error) = self.sink.sync() {
                             tracing::error!(%error, "audit fsync failed");
                         }
-                        unsynced_since = None;
+                        self.unsynced_since = None;
                     } else {
                         std::thread::sleep(left.min(Duration::from_millis(1)));
                     }
-                    continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-            },
-            None => queue.blocking_recv(),
-        };
-        let Some(first) = first else {
-            let _ = sink.sync();
-            return;
-        };
-        // Group commit: everything already queued goes out in one write.
-        waiting.push(first);
-        while waiting.len() < 1024 {
-            match queue.try_recv() {
-                Ok(job) => waiting.push(job),
-                Err(_) => break,
             }
         }
-        buffer.clear();
-        let mut next_prev = prev.clone();
-        for job in &waiting {
-            let (line, hash) = chain.seal(&job.record, &next_prev);
-            buffer.extend_from_slice(&line);
-            buffer.push(b'\n');
-            next_prev = hash;
-        }
-        let mut result = sink.write_all(&buffer);
-        if result.is_ok() {
-            prev = next_prev;
-            match fsync {
-                Fsync::Always => result = sink.sync(),
-                Fsync::Batch => {
-                    unsynced_since.get_or_insert_with(Instant::now);
-                }
-                Fsync::Never => {}
+    }
+
+    fn handle(&mut self, batch: &mut Vec<Job>) {
+        if self.last_rotation_check.elapsed() >= ROTATION_CHECK && self.sink.rotated() {
+            tracing::info!("the audit file was moved away; opening a new one");
+            if let Err(error) = self.sink.reopen() {
+                tracing::error!(%error, "audit file could not be reopened");
             }
         }
-        for job in waiting.drain(..) {
-            let outcome = match &result {
+        self.last_rotation_check = Instant::now();
+        let mut buffer = Vec::with_capacity(batch.len() * 1024);
+        let mut next_prev = self.prev.clone();
+        for job in batch.iter() {
+            if let Job::Record(record, _) = job {
+                let (line, hash) = self.chain.seal(record, &next_prev);
+                buffer.extend_from_slice(&line);
+                buffer.push(b'\n');
+                next_prev = hash;
+            }
+        }
+        let mut written = Ok(());
+        if !buffer.is_empty() {
+            written = self.sink.append(&buffer);
+            if written.is_ok() {
+                self.prev = next_prev;
+                match self.fsync {
+                    Fsync::Always => written = self.sink.sync(),
+                    Fsync::Batch => {
+                        self.unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                    Fsync::Never => {}
+                }
+            }
+        }
+        for job in batch.drain(..) {
+            let copy = |result: &io::Result<()>| match result {
                 Ok(()) => Ok(()),
                 Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
             };
-            let _ = job.done.send(outcome);
+            let _ = match job {
+                Job::Record(_, done) => done.send(copy(&written)),
+                Job::Flush(done) => {
+                    let synced = self.sink.sync();
+                    self.unsynced_since = None;
+                    done.send(synced)
+                }
+                Job::Reopen(done) => done.send(self.sink.reopen()),
+            };
         }
     }
 }
@@ -375,11 +509,11 @@ mod tests {
     fn a_sealed_line_opens_and_an_edited_one_does_not() {
         for chain in [Chain::new(None), Chain::new(Some(b"k".to_vec()))] {
             let (line, hash) = chain.seal(&record(), GENESIS);
-            assert_eq!(chain.open(&line), Some((GENESIS.to_owned(), hash)));
+            assert_eq!(chain.open(&line), Ok((GENESIS.to_owned(), hash)));
             let edited = String::from_utf8(line).unwrap().replace("\"ci\"", "\"cj\"");
-            assert_eq!(chain.open(edited.as_bytes()), None);
+            assert!(chain.open(edited.as_bytes()).is_err());
         }
         let (line, _) = Chain::new(Some(b"k".to_vec())).seal(&record(), GENESIS);
-        assert_eq!(Chain::new(None).open(&line), None);
+        assert!(Chain::new(None).open(&line).is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod iam;
 pub mod keygen;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod reload;
 pub mod route;
 pub mod schema;
 pub mod server;

@@ -45,11 +45,58 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Review audit trails.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Make a new client credential and print the config lines for it.
     Keygen {
         #[command(subcommand)]
         kind: KeyKind,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the hash chain of one or several files (oldest first); name the first bad record.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The environment variable holding the chain's HMAC key, when it has one.
+        #[arg(long)]
+        hmac_key_env: Option<String>,
+    },
+    /// Print the records that match every filter given.
+    Query {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Records at or after this time (RFC 3339, e.g. 2026-11-23T18:00:00Z).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        since: Option<std::time::SystemTime>,
+        /// Records before this time.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        until: Option<std::time::SystemTime>,
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long, value_parser = ["allow", "deny", "error"])]
+        decision: Option<String>,
+        #[arg(long)]
+        operation: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        repository: Option<String>,
+        /// `json` lines for tools, `text` for reading; default: text on a terminal, else json.
+        #[arg(long, value_enum)]
+        format: Option<QueryFormat>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QueryFormat {
+    Json,
+    Text,
 }
 
 #[derive(Subcommand)]
@@ -89,12 +136,73 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Audit { action } => audit(action),
         Command::Keygen { kind } => {
             match kind {
                 KeyKind::ApiKey { client } => print!("{}", swr_gate::keygen::api_key(&client)),
                 KeyKind::Aksk { client } => print!("{}", swr_gate::keygen::aksk(&client)),
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn audit(action: AuditAction) -> ExitCode {
+    use swr_gate::audit::{review, Chain};
+    match action {
+        AuditAction::Verify {
+            files,
+            hmac_key_env,
+        } => {
+            let key = match hmac_key_env
+                .map(|var| swr_gate::audit::hmac_key(&var))
+                .transpose()
+            {
+                Ok(key) => key,
+                Err(error) => return fail(&error),
+            };
+            match review::verify(&files, &Chain::new(key)) {
+                Ok(verified) => {
+                    println!(
+                        "ok: {} records, chain from {} to {}",
+                        verified.records, verified.first_prev, verified.last_hash
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(broken) => fail(&broken.to_string()),
+            }
+        }
+        AuditAction::Query {
+            files,
+            since,
+            until,
+            client,
+            decision,
+            operation,
+            namespace,
+            repository,
+            format,
+        } => {
+            use std::io::IsTerminal;
+            let filter = review::Filter {
+                since,
+                until,
+                client,
+                decision,
+                operation,
+                namespace,
+                repository,
+            };
+            let format = match format {
+                Some(QueryFormat::Json) => review::Format::Json,
+                Some(QueryFormat::Text) => review::Format::Text,
+                None if std::io::stdout().is_terminal() => review::Format::Text,
+                None => review::Format::Json,
+            };
+            match review::query(&files, &filter, format, &mut std::io::stdout().lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
         }
     }
 }

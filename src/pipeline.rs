@@ -22,6 +22,7 @@ use crate::config::{OnFailure, Unmatched};
 use crate::crypto::{hex, random_bytes};
 use crate::error::{rate_limit_headers, ErrorKind, GateError};
 use crate::iam::TokenSource;
+use crate::reload::ReloadCounts;
 use crate::route::{Resolved, Target};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, UpstreamBody};
@@ -38,6 +39,7 @@ pub struct Gate {
     pub audit: AuditLog,
     pub replay: ReplayGuard,
     pub auth_failures: FailureLimiter,
+    pub reloads: ReloadCounts,
 }
 
 /// What the connection tells about the client, before any request is read.

@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
@@ -20,6 +21,7 @@ use crate::auth::{FailureLimiter, PeerCertificate, ReplayGuard};
 use crate::config::Config;
 use crate::iam::TokenSource;
 use crate::pipeline::{self, Gate, Peer};
+use crate::reload::{self, ReloadCounts};
 use crate::snapshot::Snapshot;
 
 /// Largest request head (request line plus headers) accepted.
@@ -63,18 +65,30 @@ pub async fn serve_then(
         audit,
         replay: ReplayGuard::default(),
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
+        reloads: ReloadCounts::default(),
     });
+    tokio::spawn(reload::watch_files(
+        Arc::downgrade(&gate),
+        config_path.to_path_buf(),
+    ));
     tokio::spawn(sweep_rate_limits(Arc::downgrade(&gate)));
     if let Some(admin_listener) = admin_listener {
         tracing::info!(listen = %admin_listener.local_addr().map_err(|e| e.to_string())?, "admin endpoints listening");
         tokio::spawn(admin::serve(admin_listener, gate.clone()));
     }
+    // Signal handlers go in before anyone can be told we listen: SIGHUP's and SIGTERM's
+    // default actions would kill the process.
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(listen = %local, tls = gate.snapshot.load().tls.is_some(), "swr-gate listening");
     on_listening(local);
 
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -95,7 +109,15 @@ pub async fn serve_then(
                     serve_connection(stream, peer, tls, gate, limits, watcher).await;
                 });
             }
-            () = &mut shutdown => break,
+            _ = hangup.recv() => {
+                // logrotate's postrotate signal, and the operator's "reload now".
+                if let Err(error) = gate.audit.reopen().await {
+                    tracing::error!(%error, "the audit file could not be reopened");
+                }
+                let _ = reload::reload(&gate, config_path);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
         }
     }
     drop(listener);
@@ -106,6 +128,11 @@ pub async fn serve_then(
     {
         tracing::warn!("grace period over; closing the connections still open");
     }
+    gate.audit
+        .flush()
+        .await
+        .map_err(|e| format!("the audit trail could not be flushed: {e}"))?;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -198,20 +225,5 @@ async fn sweep_rate_limits(gate: std::sync::Weak<Gate>) {
         tick.tick().await;
         let Some(gate) = gate.upgrade() else { return };
         gate.snapshot.load().rate_limits.sweep();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

@@ -309,11 +309,19 @@ impl Gateway {
         panic!("swr-gate did not start listening on {}", self.addr);
     }
 
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Send a request (raw bytes are built from the parts) and read the whole answer.
@@ -324,52 +332,52 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Answer {
-        let mut request =
-            format!("{method} {target} HTTP/1.1\r\nhost: swr.local\r\nconnection: close\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if !body.is_empty() || method != "GET" {
-            request.push_str(&format!("content-length: {}\r\n", body.len()));
-        }
-        request.push_str("\r\n");
-        let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(body);
-        self.send_raw(&bytes)
+        self.send_raw(&request_bytes(method, target, headers, body))
     }
 
     /// A guarded-style JSON request with the CI bot's API key.
     pub fn json(&self, method: &str, target: &str, body: &str) -> Answer {
-        self.send(
-            method,
-            target,
-            &[
-                ("authorization", &format!("Bearer {API_KEY}")),
-                ("content-type", "application/json"),
-            ],
-            body.as_bytes(),
-        )
+        self.try_json(method, target, body).expect("an answer")
+    }
+
+    /// Like [`Gateway::json`], but `None` when no complete answer came back.
+    pub fn try_json(&self, method: &str, target: &str, body: &str) -> Option<Answer> {
+        let key = format!("Bearer {API_KEY}");
+        let headers = [
+            ("authorization", key.as_str()),
+            ("content-type", "application/json"),
+        ];
+        self.try_send_raw(&request_bytes(method, target, &headers, body.as_bytes()))
     }
 
     pub fn send_raw(&self, bytes: &[u8]) -> Answer {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
+        self.try_send_raw(bytes).expect("an answer")
+    }
+
+    /// Like [`Gateway::send_raw`], but `None` when no complete answer came back.
+    pub fn try_send_raw(&self, bytes: &[u8]) -> Option<Answer> {
+        let mut stream = TcpStream::connect(self.addr).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.write_all(bytes).unwrap();
-        read_answer(&mut stream)
+            .ok()?;
+        stream.write_all(bytes).ok()?;
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        raw.windows(4)
+            .any(|w| w == b"\r\n\r\n")
+            .then(|| parse_answer(&raw))
     }
 
     /// SIGTERM, as an orchestrator stops it; the audit file stays readable afterwards.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        sigterm(self.child.id());
+        signal(self.child.id(), "TERM");
         self.child.wait().unwrap()
     }
 }
 
-fn sigterm(pid: u32) {
+pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status();
 }
 
@@ -413,10 +421,20 @@ impl Answer {
     }
 }
 
-pub fn read_answer(stream: &mut TcpStream) -> Answer {
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    parse_answer(&raw)
+/// The bytes of a one-shot HTTP/1.1 request.
+pub fn request_bytes(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nhost: swr.local\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 pub fn parse_answer(raw: &[u8]) -> Answer {

@@ -1,0 +1,368 @@
+//! The audit trail: a record for every outcome, a chain that catches tampering, nothing
+//! lost under load, at shutdown, on rotation or when the disk is full.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+const CREATE: &str = "/v2/manage/namespaces/team-a/repos/app/access";
+
+fn swr_gate(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+fn verify(files: &[&Path]) -> (bool, String) {
+    let mut args = vec!["audit", "verify"];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    swr_gate(&args)
+}
+
+/// One of four outcomes, by number: forwarded (2 records), schema, auth, unmatched route.
+fn mixed(gate: &Gateway, i: usize) -> Option<Answer> {
+    match i % 4 {
+        0 => gate.try_json("POST", CREATE, &grants(1)),
+        1 => gate.try_json("POST", CREATE, &grants(2)),
+        2 => gate.try_send_raw(&request_bytes(
+            "POST",
+            CREATE,
+            &[("x-api-key", "wrong")],
+            b"[]",
+        )),
+        _ => gate.try_json("GET", "/v2/unknown", ""),
+    }
+}
+
+fn records_for(status: u16) -> usize {
+    if status == 201 {
+        2
+    } else {
+        1
+    }
+}
+
+#[test]
+fn every_request_under_concurrent_load_has_its_records_and_the_chain_verifies() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start_with(&swr.url(), "", |c| {
+        *c = c.replacen(
+            "[[clients]]",
+            "[auth]\nmax_failures = 100000\n\n[[clients]]",
+            1,
+        )
+    });
+    let next = AtomicUsize::new(0);
+    let expected = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= 2000 {
+                    return;
+                }
+                let answer = mixed(&gate, i).expect("an answer");
+                expected.fetch_add(records_for(answer.status), Ordering::Relaxed);
+            });
+        }
+    });
+    let records = gate.audit_records();
+    assert_eq!(records.len(), expected.load(Ordering::Relaxed));
+    let completed = records.iter().filter(|r| r["stage"] == "completed").count();
+    assert_eq!(completed, 2000);
+    for denied_by in ["schema", "auth", "route"] {
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| r["denied_by"] == denied_by)
+                .count(),
+            500,
+            "{denied_by}"
+        );
+    }
+    let (ok, output) = verify(&[&gate.audit_path()]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains(&format!("{} records", records.len())),
+        "{output}"
+    );
+}
+
+#[test]
+fn sigterm_under_load_loses_no_record_of_an_answered_request() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start(&swr.url());
+    let answered = AtomicUsize::new(0);
+    let expected = AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for t in 0..6 {
+            let (answered, expected, stop, gate) = (&answered, &expected, &stop, &gate);
+            scope.spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    match gate.try_json("POST", CREATE, &grants(if i % 2 == 0 { 1 } else { 2 })) {
+                        Some(answer) => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            expected.fetch_add(records_for(answer.status), Ordering::Relaxed);
+                        }
+                        None => return,
+                    }
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        signal(gate.pid(), "TERM");
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let status = gate.stop();
+    assert!(status.success(), "exit code 0 after SIGTERM: {status}");
+    assert!(answered.load(Ordering::Relaxed) > 10);
+    let records = gate.audit_records();
+    let completed = records.iter().filter(|r| r["stage"] == "completed").count();
+    assert_eq!(
+        completed,
+        answered.load(Ordering::Relaxed),
+        "one completed record per answered request"
+    );
+    assert_eq!(records.len(), expected.load(Ordering::Relaxed));
+    let (ok, output) = verify(&[&gate.audit_path()]);
+    assert!(ok, "{output}");
+}
+
+#[test]
+fn editing_deleting_swapping_or_truncating_records_is_caught() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start(&swr.url());
+    for i in 0..6 {
+        mixed(&gate, i).unwrap();
+    }
+    gate.stop();
+    let original = std::fs::read_to_string(gate.audit_path()).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert_eq!(lines.len(), 8);
+    let dir = tempfile::tempdir().unwrap();
+    let tampered = dir.path().join("audit.jsonl");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "edit",
+            original.replacen("\"status\":201", "\"status\":200", 1),
+            ":2: its hash does not match",
+        ),
+        (
+            "delete",
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect(),
+            ":4: its prev is not",
+        ),
+        (
+            "swap",
+            {
+                let mut swapped = lines.clone();
+                swapped.swap(4, 5);
+                swapped.iter().map(|l| format!("{l}\n")).collect()
+            },
+            ":5: its prev is not",
+        ),
+        (
+            "truncate",
+            original[..original.len() - 40].to_owned(),
+            ":8: the last record is cut off",
+        ),
+    ];
+    for (what, text, expected) in cases {
+        std::fs::write(&tampered, text).unwrap();
+        let (ok, output) = verify(&[&tampered]);
+        assert!(!ok, "{what} went unnoticed");
+        assert!(output.contains(expected), "{what}: {output}");
+    }
+    std::fs::write(&tampered, original).unwrap();
+    assert!(verify(&[&tampered]).0);
+}
+
+#[test]
+fn a_keyed_chain_needs_its_key_and_a_restart_continues_the_chain() {
+    let swr = StandInSwr::start();
+    std::env::set_var("SWR_GATE_TEST_AUDIT_KEY", "audit-key-for-tests");
+    let keyed = |c: &mut String| {
+        *c = c.replace(
+            "path = \"audit.jsonl\"",
+            "path = \"audit.jsonl\"\nhmac_key_env = \"SWR_GATE_TEST_AUDIT_KEY\"",
+        )
+    };
+    let mut gate = Gateway::start_with(&swr.url(), "", keyed);
+    mixed(&gate, 0).unwrap();
+    gate.stop();
+    let path = gate.audit_path();
+    let absolute = path.display().to_string();
+    let mut again = Gateway::start_with(&swr.url(), "", |c| {
+        keyed(c);
+        *c = c.replace("path = \"audit.jsonl\"", &format!("path = \"{absolute}\""));
+    });
+    mixed(&again, 0).unwrap();
+    again.stop();
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 4);
+    let (ok, output) = verify(&[&path]);
+    assert!(
+        !ok && output.contains(":1: its hash does not match"),
+        "without the key: {output}"
+    );
+    let (ok, output) = swr_gate(&[
+        "audit",
+        "verify",
+        &absolute,
+        "--hmac-key-env",
+        "SWR_GATE_TEST_AUDIT_KEY",
+    ]);
+    assert!(ok, "{output}");
+}
+
+#[test]
+fn rotation_by_move_and_sighup_keeps_the_chain_and_loses_nothing() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start(&swr.url());
+    let path = gate.audit_path();
+    let rotated = [
+        path.with_extension("jsonl.2"),
+        path.with_extension("jsonl.1"),
+    ];
+    for round in 0..2 {
+        for i in 0..4 {
+            mixed(&gate, i).unwrap();
+        }
+        std::fs::rename(&path, &rotated[round]).unwrap();
+        if round == 0 {
+            signal(gate.pid(), "HUP");
+            std::thread::sleep(Duration::from_millis(300));
+        } else {
+            // No signal: the writer notices the file was moved away by itself.
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+    }
+    for i in 0..4 {
+        mixed(&gate, i).unwrap();
+    }
+    gate.stop();
+    let count = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(count(&rotated[0]) + count(&rotated[1]) + count(&path), 15);
+    assert!(count(&rotated[1]) > 0 && count(&path) > 0);
+    let (ok, output) = verify(&[&rotated[0], &rotated[1], &path]);
+    assert!(ok, "{output}");
+    let (ok, _) = verify(&[&rotated[1], &rotated[0], &path]);
+    assert!(!ok, "files out of order break the chain");
+}
+
+#[test]
+fn a_full_disk_refuses_guarded_requests_or_forwards_them_as_configured() {
+    let swr = StandInSwr::start();
+    let full = |on_failure: &'static str| {
+        move |c: &mut String| {
+            *c = c.replace(
+                "path = \"audit.jsonl\"",
+                &format!("path = \"/dev/full\"\non_failure = \"{on_failure}\""),
+            )
+        }
+    };
+    let admin = free_port();
+    let admin_section = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let reject = Gateway::start_with(&swr.url(), &admin_section, full("reject"));
+    let answer = reject.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (503, "SWR.GATE.5030002")
+    );
+    assert!(swr.received().is_empty());
+    let ready = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ready.stdout).contains("audit"),
+        "readyz names the audit log"
+    );
+
+    let carry_on = Gateway::start_with(&swr.url(), "", full("continue"));
+    assert_eq!(carry_on.json("POST", CREATE, &grants(1)).status, 201);
+    assert_eq!(swr.received().len(), 1);
+}
+
+#[test]
+fn query_filters_records_for_people_and_tools() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start(&swr.url());
+    for i in 0..8 {
+        mixed(&gate, i).unwrap();
+    }
+    grant_as_release_tool(&gate);
+    gate.stop();
+    let path = gate.audit_path().display().to_string();
+    let (ok, out) = swr_gate(&[
+        "audit",
+        "query",
+        &path,
+        "--decision",
+        "deny",
+        "--format",
+        "json",
+    ]);
+    assert!(ok);
+    let denied: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(denied.len(), 6);
+    assert!(denied.iter().all(|r| r["decision"] == "deny"));
+    let (_, out) = swr_gate(&[
+        "audit",
+        "query",
+        &path,
+        "--client",
+        "release-tool",
+        "--operation",
+        "create_user_repository_auth",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (_, out) = swr_gate(&["audit", "query", &path, "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(out.lines().count(), 0);
+    let (_, out) = swr_gate(&[
+        "audit",
+        "query",
+        &path,
+        "--namespace",
+        "team-a",
+        "--format",
+        "text",
+    ]);
+    assert!(out.lines().all(|l| l.contains("team-a/app")), "{out}");
+}
+
+fn grant_as_release_tool(gate: &Gateway) {
+    let answer = gate.send(
+        "POST",
+        CREATE,
+        &[
+            ("x-api-key", OTHER_API_KEY),
+            ("content-type", "application/json"),
+        ],
+        grants(3).as_bytes(),
+    );
+    assert_eq!(answer.status, 201);
+}
