@@ -242,11 +242,11 @@ fn rotation_by_move_and_sighup_keeps_the_chain_and_loses_nothing() {
         path.with_extension("jsonl.2"),
         path.with_extension("jsonl.1"),
     ];
-    for round in 0..2 {
+    for (round, rotated_to) in rotated.iter().enumerate() {
         for i in 0..4 {
             mixed(&gate, i).unwrap();
         }
-        std::fs::rename(&path, &rotated[round]).unwrap();
+        std::fs::rename(&path, rotated_to).unwrap();
         if round == 0 {
             signal(gate.pid(), "HUP");
             std::thread::sleep(Duration::from_millis(300));
