@@ -1,5 +1,5 @@
-//! The admin listener (contract §7): liveness and readiness for orchestrators, kept off
-//! the client port so probes never need credentials and clients never see them.
+//! The admin listener (contract §7): liveness, readiness and metrics, kept off the
+//! client port so probes and scrapers never need credentials and clients never see them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,7 +43,11 @@ fn readiness(gate: &Gate) -> Result<(), String> {
     Ok(())
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 fn answer(gate: &Gate, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut content_type = TEXT;
     let (status, body) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => match readiness(gate) {
@@ -53,13 +57,17 @@ fn answer(gate: &Gate, request: &Request<Incoming>) -> Response<Full<Bytes>> {
                 format!("not ready: {reason}\n"),
             ),
         },
+        "/metrics" => {
+            content_type = OPENMETRICS;
+            (StatusCode::OK, gate.metrics.render())
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
     );
     response
 }

@@ -10,7 +10,7 @@ pub mod review;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,7 +176,6 @@ enum Job {
 #[derive(Clone)]
 pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
-    failures: Arc<AtomicU64>,
     /// Whether the last write succeeded, for /readyz.
     writable: Arc<AtomicBool>,
 }
@@ -208,7 +207,6 @@ impl AuditLog {
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(AuditLog {
             jobs,
-            failures: Arc::default(),
             writable: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -216,9 +214,6 @@ impl AuditLog {
     /// Write one record; returns once it is in the file (and on disk with `fsync = "always"`).
     pub async fn write(&self, record: Record) -> io::Result<()> {
         let result = self.ask(|done| Job::Record(Box::new(record), done)).await;
-        if result.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
         self.writable.store(result.is_ok(), Ordering::Relaxed);
         result
     }
@@ -226,11 +221,6 @@ impl AuditLog {
     /// Whether the last record could be written.
     pub fn is_writable(&self) -> bool {
         self.writable.load(Ordering::Relaxed)
-    }
-
-    /// Records that could not be written since start.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
     }
 
     /// Everything written so far, synced to disk.

@@ -97,6 +97,40 @@ impl ErrorKind {
         }
     }
 
+    /// A short name for metrics labels and logs.
+    pub fn name(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            PathRejected => "path_rejected",
+            SchemaViolation => "schema_violation",
+            MalformedJson => "malformed_json",
+            DuplicateKey => "duplicate_key",
+            NestingTooDeep => "nesting_too_deep",
+            BodyNotUtf8 => "body_not_utf8",
+            MethodOverride => "method_override",
+            QueryNotAllowed => "query_not_allowed",
+            NotAuthenticated => "no_credential",
+            UnknownCredential => "unknown_credential",
+            BadSignature => "bad_signature",
+            StaleDate => "stale_date",
+            Replay => "replay",
+            MalformedAuthorization => "malformed_credential",
+            AmbiguousCredentials => "ambiguous_credentials",
+            TooManyAuthFailures => "too_many_failures",
+            RateLimited => "rate_limited",
+            RateLimitUnavailable => "rate_limit_unavailable",
+            UnmatchedRoute => "unmatched_route",
+            BodyTimeout => "body_timeout",
+            BodyTooLarge => "body_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            UpstreamUnreachable => "upstream_unreachable",
+            NoToken => "no_token",
+            AuditUnavailable => "audit_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+            Internal => "internal",
+        }
+    }
+
     /// Which pipeline stage refused the request, as the audit record's `denied_by` says it.
     pub fn stage(self) -> &'static str {
         use ErrorKind::*;

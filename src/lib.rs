@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod error;
 pub mod iam;
 pub mod keygen;
+pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reload;

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use crate::config::{OnFailure, Unmatched};
 use crate::crypto::{hex, random_bytes};
 use crate::error::{rate_limit_headers, ErrorKind, GateError};
 use crate::iam::TokenSource;
-use crate::reload::ReloadCounts;
+use crate::metrics::{Metrics, Observation};
 use crate::route::{Resolved, Target};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, UpstreamBody};
@@ -39,7 +39,7 @@ pub struct Gate {
     pub audit: AuditLog,
     pub replay: ReplayGuard,
     pub auth_failures: FailureLimiter,
-    pub reloads: ReloadCounts,
+    pub metrics: Metrics,
 }
 
 /// What the connection tells about the client, before any request is read.
@@ -71,8 +71,10 @@ pub async fn handle(
     }
     exchange.status = Some(response.status().as_u16());
     if let Err(error) = gate.audit.write(exchange.record(Stage::Completed)).await {
+        gate.metrics.audit_write_error();
         tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written");
     }
+    gate.metrics.observe(&exchange.observation());
     response
 }
 
@@ -287,7 +289,11 @@ async fn record_decision(
     snapshot: &Snapshot,
     exchange: &Exchange,
 ) -> Result<(), GateError> {
-    match gate.audit.write(exchange.record(Stage::Decided)).await {
+    let written = gate.audit.write(exchange.record(Stage::Decided)).await;
+    if written.is_err() {
+        gate.metrics.audit_write_error();
+    }
+    match written {
         Ok(()) => Ok(()),
         Err(error) if snapshot.config.audit.on_failure == OnFailure::Continue => {
             tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written; forwarding anyway (on_failure = \"continue\")");
@@ -442,6 +448,24 @@ impl Exchange {
         let response = error.clone().into_response(&self.request_id);
         self.error = Some(error);
         response.map(full)
+    }
+
+    fn observation(&self) -> Observation<'_> {
+        let operation = match (&self.operation, self.upstream_status.is_some()) {
+            (Some(operation), _) => operation.as_str(),
+            (None, true) => FORWARD,
+            (None, false) => "unmatched",
+        };
+        Observation {
+            operation,
+            decision: self.decision,
+            status: self.status.unwrap_or_default(),
+            duration: self.started.elapsed(),
+            upstream: self
+                .upstream_ms
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+            refusal: self.error.as_ref().map(|e| (e.kind.stage(), e.kind.name())),
+        }
     }
 
     fn record(&self, stage: Stage) -> Record {

@@ -4,8 +4,7 @@
 //! snapshot they started with.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
@@ -15,38 +14,75 @@ use crate::snapshot::Snapshot;
 /// How often files are looked at for changes.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Reloads by result, for /metrics.
-#[derive(Debug, Default)]
-pub struct ReloadCounts {
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
+/// Reloads the config it was started with; remembers what the files looked like at the
+/// last reload so that a SIGHUP and the file watcher never load one change twice.
+pub struct Reloader {
+    config_path: PathBuf,
+    seen: Mutex<Option<Stamp>>,
 }
 
-/// Load the config at `path` and swap it in, or say why not.
-pub fn reload(gate: &Gate, path: &Path) -> Result<(), Vec<String>> {
-    let result = Config::load(path).map_err(|e| vec![e]).and_then(|config| {
-        let current = gate.snapshot.load_full();
-        let next = Snapshot::load(config, Some(&current))?;
-        for setting in restart_only_changes(&current.config, &next.config) {
-            tracing::warn!(
-                setting,
-                "changed in the config file, but takes effect only on restart"
-            );
-        }
-        gate.snapshot.store(Arc::new(next));
-        Ok(())
-    });
-    match &result {
-        Ok(()) => {
-            gate.reloads.ok.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(config = %path.display(), "configuration reloaded");
-        }
-        Err(problems) => {
-            gate.reloads.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(config = %path.display(), problems = %problems.join("; "), "reload refused; the running configuration stays in force");
+type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+
+impl Reloader {
+    pub fn new(config_path: &Path) -> Reloader {
+        Reloader {
+            config_path: config_path.to_path_buf(),
+            seen: Mutex::new(None),
         }
     }
-    result
+
+    /// Load the config and swap it in, or say why not (and keep the running one).
+    pub fn reload(&self, gate: &Gate) -> Result<(), Vec<String>> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.stamp(gate));
+        let path = &self.config_path;
+        let result = Config::load(path).map_err(|e| vec![e]).and_then(|config| {
+            let current = gate.snapshot.load_full();
+            let next = Snapshot::load(config, Some(&current))?;
+            for setting in restart_only_changes(&current.config, &next.config) {
+                tracing::warn!(
+                    setting,
+                    "changed in the config file, but takes effect only on restart"
+                );
+            }
+            gate.snapshot.store(Arc::new(next));
+            Ok(())
+        });
+        gate.metrics.config_reload(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+            Err(problems) => tracing::error!(
+                config = %path.display(),
+                problems = %problems.join("; "),
+                "reload refused; the running configuration stays in force"
+            ),
+        }
+        result
+    }
+
+    /// Reload whenever the config file or a file under the policy directory changes.
+    pub async fn watch_files(self: Arc<Self>, gate: Weak<Gate>) {
+        if let Some(gate) = gate.upgrade() {
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.stamp(&gate));
+        }
+        loop {
+            tokio::time::sleep(POLL).await;
+            let Some(gate) = gate.upgrade() else { return };
+            let now = self.stamp(&gate);
+            let changed =
+                self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_ref() != Some(&now);
+            if changed {
+                let _ = self.reload(&gate);
+            }
+        }
+    }
+
+    fn stamp(&self, gate: &Gate) -> Stamp {
+        let policy_dir = {
+            let snapshot = gate.snapshot.load();
+            snapshot.config.resolve(&snapshot.config.policy.dir)
+        };
+        stamp(&[self.config_path.clone(), policy_dir])
+    }
 }
 
 /// Settings read once at start (listeners, IAM, audit file, brute-force brake).
@@ -70,26 +106,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-/// Reload whenever the config file or a file under the policy directory changes.
-pub async fn watch_files(gate: Weak<Gate>, config_path: PathBuf) {
-    let mut seen = None;
-    loop {
-        tokio::time::sleep(POLL).await;
-        let Some(gate) = gate.upgrade() else { return };
-        let policy_dir = {
-            let snapshot = gate.snapshot.load();
-            snapshot.config.resolve(&snapshot.config.policy.dir)
-        };
-        let stamp = stamp(&[config_path.clone(), policy_dir]);
-        if seen.is_some() && seen != Some(stamp.clone()) {
-            let _ = reload(&gate, &config_path);
-        }
-        seen = Some(stamp);
-    }
-}
-
 /// Modification time and size of every file under `roots`, in a stable order.
-fn stamp(roots: &[PathBuf]) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+fn stamp(roots: &[PathBuf]) -> Stamp {
     let mut files = Vec::new();
     let mut pending: Vec<PathBuf> = roots.to_vec();
     while let Some(path) = pending.pop() {

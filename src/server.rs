@@ -20,8 +20,9 @@ use crate::audit::AuditLog;
 use crate::auth::{FailureLimiter, PeerCertificate, ReplayGuard};
 use crate::config::Config;
 use crate::iam::TokenSource;
+use crate::metrics::Metrics;
 use crate::pipeline::{self, Gate, Peer};
-use crate::reload::{self, ReloadCounts};
+use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
 /// Largest request head (request line plus headers) accepted.
@@ -65,12 +66,10 @@ pub async fn serve_then(
         audit,
         replay: ReplayGuard::default(),
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
-        reloads: ReloadCounts::default(),
+        metrics: Metrics::default(),
     });
-    tokio::spawn(reload::watch_files(
-        Arc::downgrade(&gate),
-        config_path.to_path_buf(),
-    ));
+    let reloader = Arc::new(Reloader::new(config_path));
+    tokio::spawn(reloader.clone().watch_files(Arc::downgrade(&gate)));
     tokio::spawn(sweep_rate_limits(Arc::downgrade(&gate)));
     if let Some(admin_listener) = admin_listener {
         tracing::info!(listen = %admin_listener.local_addr().map_err(|e| e.to_string())?, "admin endpoints listening");
@@ -114,7 +113,7 @@ pub async fn serve_then(
                 if let Err(error) = gate.audit.reopen().await {
                     tracing::error!(%error, "the audit file could not be reopened");
                 }
-                let _ = reload::reload(&gate, config_path);
+                let _ = reloader.reload(&gate);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

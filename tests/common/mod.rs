@@ -537,14 +537,17 @@ impl Pki {
     }
 }
 
-pub const SDK_VERSION: &str = "3.1.219";
+/// What the tests' Python needs: the official SWR SDK, and a Prometheus parser.
+pub const PYTHON_PACKAGES: [&str; 2] = ["huaweicloudsdkswr==3.1.219", "prometheus-client==0.26.0"];
 
-/// A virtualenv with the official Python SDK, made once under `target/` (from PyPI) and
+/// A virtualenv with [`PYTHON_PACKAGES`], made once under `target/` (from PyPI) and
 /// reused, so a plain `cargo test` fetches what it needs by itself.
 pub fn sdk_python() -> PathBuf {
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|p| p.into_inner());
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env/sdk-venv");
     let python = venv.join("bin/python");
-    let ready = venv.join(format!("ready-{SDK_VERSION}"));
+    let ready = venv.join(format!("ready-{}", PYTHON_PACKAGES.join("-")));
     if ready.exists() {
         return python;
     }
@@ -563,12 +566,12 @@ pub fn sdk_python() -> PathBuf {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .arg(format!("huaweicloudsdkswr=={SDK_VERSION}"))
+        .args(PYTHON_PACKAGES)
         .status()
         .unwrap();
     assert!(
         status.success(),
-        "pip could not install huaweicloudsdkswr=={SDK_VERSION}"
+        "pip could not install {PYTHON_PACKAGES:?}"
     );
     std::fs::write(&ready, "").unwrap();
     python

@@ -1,0 +1,182 @@
+//! `/metrics` (contract §7): Prometheus/OpenMetrics text through `prometheus-client`.
+//! Label values come only from fixed sets (operation ids, decisions, status codes,
+//! reason names), never from what a client sends, so no secret and no unbounded label
+//! can reach a scrape.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::audit::Decision;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    decision: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Every metric swr-gate exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<OperationLabel, Histogram>,
+    upstream_duration: Family<OperationLabel, Histogram>,
+    rate_limited: Family<OperationLabel, Counter>,
+    auth_failures: Family<ReasonLabel, Counter>,
+    audit_write_errors: Counter,
+    config_reloads: Family<ResultLabel, Counter>,
+}
+
+/// What one finished request contributes.
+pub struct Observation<'a> {
+    pub operation: &'a str,
+    pub decision: Decision,
+    pub status: u16,
+    pub duration: Duration,
+    pub upstream: Option<Duration>,
+    /// Stage and error name when the request was refused (`("auth", "replay")`).
+    pub refusal: Option<(&'static str, &'static str)>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to ~8 s.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("swr_gate");
+        let requests = Family::default();
+        let duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let rate_limited = Family::default();
+        let auth_failures = Family::default();
+        let audit_write_errors = Counter::default();
+        let config_reloads = Family::default();
+        registry.register(
+            "requests",
+            "Requests by operation, decision and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to answer",
+            duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time SWR took to answer",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentications by reason",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Audit records that could not be written",
+            audit_write_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            config_reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_duration,
+            rate_limited,
+            auth_failures,
+            audit_write_errors,
+            config_reloads,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe(&self, seen: &Observation) {
+        let operation = OperationLabel {
+            operation: seen.operation.to_owned(),
+        };
+        let decision = match seen.decision {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Error => "error",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                operation: seen.operation.to_owned(),
+                decision,
+                status: seen.status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&operation)
+            .observe(seen.duration.as_secs_f64());
+        if let Some(upstream) = seen.upstream {
+            self.upstream_duration
+                .get_or_create(&operation)
+                .observe(upstream.as_secs_f64());
+        }
+        match seen.refusal {
+            Some(("auth", reason)) => {
+                self.auth_failures
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+            }
+            Some(("rate_limit", _)) => {
+                self.rate_limited.get_or_create(&operation).inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn audit_write_error(&self) {
+        self.audit_write_errors.inc();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
