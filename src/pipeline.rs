@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::audit::{self, AuditLog, Decision, Record, Stage};
 use crate::auth::{self, FailureLimiter, Identity, PeerCertificate, Presented, ReplayGuard};
@@ -59,7 +60,12 @@ pub async fn handle(
 ) -> Response<GateBody> {
     let snapshot = gate.snapshot.load_full();
     let mut exchange = Exchange::begin(&snapshot, peer.addr, &request);
-    let mut response = match process(&gate, &snapshot, &peer, &mut exchange, request).await {
+    // Every log line about this request carries its id, as the audit record does.
+    let span = tracing::info_span!("request", request_id = %exchange.request_id);
+    let outcome = process(&gate, &snapshot, &peer, &mut exchange, request)
+        .instrument(span.clone())
+        .await;
+    let mut response = match outcome {
         Ok(response) => response,
         Err(error) => exchange.refuse(error),
     };
@@ -72,9 +78,18 @@ pub async fn handle(
     exchange.status = Some(response.status().as_u16());
     if let Err(error) = gate.audit.write(exchange.record(Stage::Completed)).await {
         gate.metrics.audit_write_error();
-        tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written");
+        span.in_scope(|| tracing::error!(%error, "audit record could not be written"));
     }
-    gate.metrics.observe(&exchange.observation());
+    let observation = exchange.observation();
+    span.in_scope(|| {
+        tracing::debug!(
+            operation = observation.operation,
+            status = observation.status,
+            duration_ms = observation.duration.as_secs_f64() * 1000.0,
+            "answered"
+        )
+    });
+    gate.metrics.observe(&observation);
     response
 }
 
@@ -296,11 +311,11 @@ async fn record_decision(
     match written {
         Ok(()) => Ok(()),
         Err(error) if snapshot.config.audit.on_failure == OnFailure::Continue => {
-            tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written; forwarding anyway (on_failure = \"continue\")");
+            tracing::error!(%error, "audit record could not be written; forwarding anyway (on_failure = \"continue\")");
             Ok(())
         }
         Err(error) => {
-            tracing::error!(%error, request_id = %exchange.request_id, "audit record could not be written; refusing");
+            tracing::error!(%error, "audit record could not be written; refusing");
             Err(GateError::new(
                 ErrorKind::AuditUnavailable,
                 "the audit log cannot be written",
