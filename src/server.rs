@@ -148,6 +148,57 @@ async fn serve_connection(
     limits: ConnectionLimits,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
+    let result = match tls {
+        None => {
+            let peer = Peer {
+                addr,
+                certificate: None,
+            };
+            serve_http(TokioIo::new(stream), peer, gate, limits, watcher).await
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %addr, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            // The verifier already checked the chain against client_ca; here we only
+            // read the names the policy maps to a client.
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| PeerCertificate::from_der(leaf))
+                .map(Arc::new);
+            let peer = Peer { addr, certificate };
+            serve_http(TokioIo::new(stream), peer, gate, limits, watcher).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(peer = %addr, %error, "connection ended with an error");
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 (whichever the client speaks) on one connection, every request
+/// through the pipeline, until the client leaves or shutdown asks the connection to end.
+async fn serve_http<I>(
+    io: I,
+    peer: Peer,
+    gate: Arc<Gate>,
+    limits: ConnectionLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -159,61 +210,14 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(256);
-    let service = |peer: Arc<Peer>| {
-        service_fn(move |request| {
-            let (gate, peer) = (gate.clone(), peer.clone());
-            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gate, peer, request).await) }
-        })
-    };
-    let result = match tls {
-        None => {
-            let peer = Arc::new(Peer {
-                addr,
-                certificate: None,
-            });
-            watcher
-                .watch(
-                    builder
-                        .serve_connection(TokioIo::new(stream), service(peer))
-                        .into_owned(),
-                )
-                .await
-        }
-        Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(peer = %addr, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            // The verifier already checked the chain against client_ca; here we only
-            // read the names the policy maps to a client.
-            let certificate = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| PeerCertificate::from_der(leaf))
-                .map(Arc::new);
-            let peer = Arc::new(Peer { addr, certificate });
-            watcher
-                .watch(
-                    builder
-                        .serve_connection(TokioIo::new(stream), service(peer))
-                        .into_owned(),
-                )
-                .await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(peer = %addr, %error, "connection ended with an error");
-    }
+    let peer = Arc::new(peer);
+    let service = service_fn(move |request| {
+        let (gate, peer) = (gate.clone(), peer.clone());
+        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gate, peer, request).await) }
+    });
+    watcher
+        .watch(builder.serve_connection(io, service).into_owned())
+        .await
 }
 
 /// Evict idle rate-limit buckets now and then, so memory stays bounded however many
