@@ -38,8 +38,8 @@ pub async fn serve_then(
     let config = Config::load(config_path)?;
     let snapshot = Snapshot::load(config).map_err(|problems| problems.join("\n"))?;
     let config = &snapshot.config;
-    let tokens = Arc::new(TokenSource::from_config(config));
-    tokens.spawn_watcher();
+    let tokens = Arc::new(TokenSource::from_config(config)?);
+    tokens.spawn_refresher();
     let audit = AuditLog::start(config)?;
     let listener = TcpListener::bind(config.server.listen)
         .await
