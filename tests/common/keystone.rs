@@ -4,12 +4,11 @@
 //! shared; see `../shared/reference/keystone-notes.md` for what it takes.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{free_port, http_request, Answer, Validator};
+use super::{free_port, http_request, python_env, Answer, Validator};
 
 pub const KEYSTONE_VERSION: &str = "30.0.0";
 pub const GUNICORN_VERSION: &str = "27.0.1";
@@ -106,40 +105,6 @@ fn login(addr: SocketAddr, body: &str) -> String {
     answer.header("x-subject-token").unwrap().to_owned()
 }
 
-/// A virtualenv with Keystone and gunicorn, made once under `target/` (from PyPI).
-fn venv() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env/keystone-venv");
-    let bin = venv.join("bin");
-    let ready = venv.join(format!("ready-{KEYSTONE_VERSION}-{GUNICORN_VERSION}"));
-    if ready.exists() {
-        return bin;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 is needed");
-    assert!(status.success(), "could not create {}", venv.display());
-    let status = Command::new(bin.join("python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg(format!("keystone=={KEYSTONE_VERSION}"))
-        .arg(format!("gunicorn=={GUNICORN_VERSION}"))
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "pip could not install keystone and gunicorn"
-    );
-    std::fs::write(&ready, "").unwrap();
-    bin
-}
-
 /// The WSGI entry point. oslo.config would parse gunicorn's flags, so `sys.argv` is
 /// cut first. gunicorn's master (which imports this with `--preload`) stops itself and
 /// removes the data directory once the test process that started it is gone.
@@ -159,7 +124,13 @@ threading.Thread(target=_follow_the_test_process, daemon=True).start()
 
 fn start() -> Keystone {
     let began = Instant::now();
-    let bin = venv();
+    let bin = python_env(
+        "keystone-venv",
+        &[
+            &format!("keystone=={KEYSTONE_VERSION}"),
+            &format!("gunicorn=={GUNICORN_VERSION}"),
+        ],
+    );
     let data = tempfile::Builder::new()
         .prefix("swr-gate-keystone-")
         .tempdir()

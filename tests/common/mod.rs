@@ -695,14 +695,16 @@ impl Pki {
 
 pub const SDK_VERSION: &str = "3.1.219";
 
-/// A virtualenv with the official Python SDK, made once under `target/` (from PyPI) and
-/// reused, so a plain `cargo test` fetches what it needs by itself.
-pub fn sdk_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env/sdk-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(format!("ready-{SDK_VERSION}"));
+/// A virtualenv under `target/test-env/NAME` with `packages` from PyPI, made once and
+/// reused, so a plain `cargo test` fetches what it needs by itself. Returns its `bin/`.
+pub fn python_env(name: &str, packages: &[&str]) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-env")
+        .join(name);
+    let bin = venv.join("bin");
+    let ready = venv.join(format!("ready-{}", packages.join("-")));
     if ready.exists() {
-        return python;
+        return bin;
     }
     let status = Command::new("python3")
         .arg("-m")
@@ -711,7 +713,7 @@ pub fn sdk_python() -> PathBuf {
         .status()
         .expect("python3 is needed");
     assert!(status.success(), "could not create {}", venv.display());
-    let status = Command::new(&python)
+    let status = Command::new(bin.join("python"))
         .args([
             "-m",
             "pip",
@@ -719,13 +721,15 @@ pub fn sdk_python() -> PathBuf {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .arg(format!("huaweicloudsdkswr=={SDK_VERSION}"))
+        .args(packages)
         .status()
         .unwrap();
-    assert!(
-        status.success(),
-        "pip could not install huaweicloudsdkswr=={SDK_VERSION}"
-    );
+    assert!(status.success(), "pip could not install {packages:?}");
     std::fs::write(&ready, "").unwrap();
-    python
+    bin
+}
+
+/// The Python of a virtualenv with the official SDK.
+pub fn sdk_python() -> PathBuf {
+    python_env("sdk-venv", &[&format!("huaweicloudsdkswr=={SDK_VERSION}")]).join("python")
 }
