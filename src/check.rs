@@ -11,8 +11,11 @@ pub fn check(config_path: &Path) -> Vec<String> {
         Ok(config) => config,
         Err(problem) => return vec![problem],
     };
-    match Snapshot::load(config, None) {
+    let password = crate::iam::read_password(&config).err();
+    let mut problems = match Snapshot::load(config, None) {
         Ok(_) => Vec::new(),
         Err(problems) => problems,
-    }
+    };
+    problems.extend(password);
+    problems
 }

@@ -265,6 +265,65 @@ fn optional_uri<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<htt
     uri(deserializer).map(Some)
 }
 
+impl Iam {
+    /// What `password` and `agency` need to log in to IAM.
+    fn login_problems(&self) -> Vec<String> {
+        let method = match self.method {
+            IamMethod::Agency => "agency",
+            _ => "password",
+        };
+        let given = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+        let mut problems = Vec::new();
+        let mut need = |present: bool, what: &str| {
+            if !present {
+                problems.push(format!("[iam] method = \"{method}\" needs {what}"));
+            }
+        };
+        need(
+            self.endpoint.is_some(),
+            "endpoint = \"https://iam.REGION.myhuaweicloud.com\"",
+        );
+        need(given(&self.user), "user (the IAM user name)");
+        need(given(&self.domain), "domain (the account name)");
+        need(given(&self.password_env), "password_env = \"VARIABLE\"");
+        need(
+            given(&self.project) || given(&self.project_id),
+            "project (a name like \"cn-north-4\") or project_id",
+        );
+        if self.method == IamMethod::Agency {
+            need(given(&self.agency_name), "agency_name");
+            need(
+                given(&self.agency_domain),
+                "agency_domain (the account that made the agency)",
+            );
+        }
+        if self.project.is_some() && self.project_id.is_some() {
+            problems.push("[iam] give project or project_id, not both".into());
+        }
+        if self.project_domain.is_some() && self.project.is_none() {
+            problems.push("[iam] project_domain qualifies a project name: it needs project".into());
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let host = endpoint.host().unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            match endpoint.scheme_str() {
+                Some("https") if !host.is_empty() => {}
+                Some("http") if loopback => {}
+                _ => problems.push(format!(
+                    "[iam] endpoint {:?} must be an https:// URL with a host (http:// only to a loopback address): the password goes there",
+                    endpoint.to_string()
+                )),
+            }
+        }
+        problems
+    }
+}
+
 impl Config {
     /// Parse a config file. The error names the file, and toml's message names the line.
     pub fn load(path: &Path) -> Result<Config, String> {
@@ -312,13 +371,7 @@ impl Config {
             IamMethod::TokenFile if self.iam.token_file.is_none() => {
                 problems.push("[iam] method = \"token_file\" needs token_file = \"PATH\"".into())
             }
-            IamMethod::Password | IamMethod::Agency => problems.push(format!(
-                "[iam] method = {:?} is not available yet; use \"token_env\" or \"token_file\"",
-                match self.iam.method {
-                    IamMethod::Password => "password",
-                    _ => "agency",
-                }
-            )),
+            IamMethod::Password | IamMethod::Agency => problems.extend(self.iam.login_problems()),
             _ => {}
         }
         if self.clients.is_empty() && !self.auth.allow_anonymous {
@@ -381,6 +434,55 @@ api_key_sha256 = "00"
         assert!(error.starts_with("gate.toml: "), "{error}");
         assert!(error.contains("line 10"), "{error}");
         assert!(error.contains("fsnyc"), "{error}");
+    }
+
+    #[test]
+    fn password_and_agency_need_what_logging_in_takes() {
+        let with_iam = |iam: &str| {
+            let text = MINIMAL.replace(
+                "method = \"token_env\"\ntoken_env = \"SWR_GATE_TOKEN\"",
+                iam,
+            );
+            Config::parse(&text, Path::new("gate.toml"))
+                .unwrap()
+                .problems()
+        };
+        let complete = r#"method = "password"
+endpoint = "https://iam.cn-north-4.myhuaweicloud.com"
+user = "swr-gate"
+domain = "acme"
+password_env = "SWR_GATE_IAM_PASSWORD"
+project = "cn-north-4""#;
+        assert!(with_iam(complete).is_empty(), "{:?}", with_iam(complete));
+        let agency = complete.replace("\"password\"", "\"agency\"");
+        assert_eq!(
+            with_iam(&agency),
+            [
+                "[iam] method = \"agency\" needs agency_name",
+                "[iam] method = \"agency\" needs agency_domain (the account that made the agency)"
+            ]
+        );
+        let problems = with_iam("method = \"password\"");
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems.iter().all(|p| p.contains("needs")), "{problems:?}");
+
+        let clear = complete.replace(
+            "https://iam.cn-north-4.myhuaweicloud.com",
+            "http://iam.example",
+        );
+        assert!(with_iam(&clear)[0].contains("must be an https:// URL"));
+        let loopback = complete.replace(
+            "https://iam.cn-north-4.myhuaweicloud.com",
+            "http://127.0.0.1:5000",
+        );
+        assert!(with_iam(&loopback).is_empty());
+        let both = format!("{complete}\nproject_id = \"0123\"\nproject_domain = \"acme\"");
+        assert_eq!(
+            with_iam(&both),
+            ["[iam] give project or project_id, not both"]
+        );
+        let by_id = both.replace("project = \"cn-north-4\"\n", "");
+        assert!(with_iam(&by_id)[0].contains("project_domain qualifies a project name"));
     }
 
     #[test]

@@ -3,15 +3,20 @@
 //! reason names), never from what a client sends, so no secret and no unbounded label
 //! can reach a scrape.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::audit::Decision;
+use crate::iam::TokenSource;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -63,9 +68,47 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00025, 2.0, 16))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+/// The IAM token's figures, read from the token source at each scrape.
+struct TokenCollector(Arc<TokenSource>);
+
+impl std::fmt::Debug for TokenCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCollector")
+    }
+}
+
+impl Collector for TokenCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let mut refreshes = encoder.encode_descriptor(
+            "iam_token_refreshes",
+            "IAM token fetches (or file/variable reads) by result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, count) in [
+            ("ok", stats.refreshes_ok),
+            ("error", stats.refreshes_failed),
+        ] {
+            ConstCounter::new(count).encode(refreshes.encode_family(&ResultLabel { result })?)?;
+        }
+        if let Some(expires_in) = stats.expires_in {
+            let gauge = ConstGauge::new(expires_in.as_secs_f64());
+            gauge.encode(encoder.encode_descriptor(
+                "iam_token_expires_in_seconds",
+                "How long the held IAM token stays usable",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    pub fn new(tokens: Arc<TokenSource>) -> Self {
         let mut registry = Registry::with_prefix("swr_gate");
+        registry.register_collector(Box::new(TokenCollector(tokens)));
         let requests = Family::default();
         let duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let upstream_duration =
@@ -120,9 +163,7 @@ impl Default for Metrics {
             config_reloads,
         }
     }
-}
 
-impl Metrics {
     pub fn observe(&self, seen: &Observation) {
         let operation = OperationLabel {
             operation: seen.operation.to_owned(),

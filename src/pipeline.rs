@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -22,7 +22,7 @@ use crate::body;
 use crate::config::{OnFailure, Unmatched};
 use crate::crypto::{hex, random_bytes};
 use crate::error::{rate_limit_headers, ErrorKind, GateError};
-use crate::iam::TokenSource;
+use crate::iam::{Token, TokenSource};
 use crate::metrics::{Metrics, Observation};
 use crate::route::{Resolved, Target};
 use crate::snapshot::Snapshot;
@@ -158,15 +158,15 @@ async fn process(
                 .with_details(violations));
             }
 
-            let token = gate.tokens.current()?;
+            let token = gate.tokens.current().await?;
             exchange.decision = Decision::Allow;
             record_decision(gate, snapshot, exchange).await?;
-            let canonical = full(Bytes::from(document.to_string()));
+            let canonical = RequestBody::Buffered(Bytes::from(document.to_string()));
             forward(
+                gate,
                 snapshot,
                 exchange,
-                &parts.headers,
-                parts.method,
+                &parts,
                 canonical,
                 &upstream_path,
                 token,
@@ -174,17 +174,13 @@ async fn process(
             .await
         }
         Resolved::Unmatched { path_and_query } => {
-            let token = gate.tokens.current()?;
+            let token = gate.tokens.current().await?;
             exchange.decision = Decision::Allow;
-            let body = match body {
-                RequestBody::Streaming(body) => body.boxed(),
-                RequestBody::Buffered(bytes) => full(bytes),
-            };
             forward(
+                gate,
                 snapshot,
                 exchange,
-                &parts.headers,
-                parts.method,
+                &parts,
                 body,
                 &path_and_query,
                 token,
@@ -324,17 +320,20 @@ async fn record_decision(
     }
 }
 
+/// Send the request to SWR with the token. When SWR refuses the token (401) and the body
+/// is buffered, so that sending it again is safe, retry once with a renewed token; the
+/// client gets the second answer, whatever it is.
 async fn forward(
+    gate: &Gate,
     snapshot: &Snapshot,
     exchange: &mut Exchange,
-    client_headers: &HeaderMap,
-    method: http::Method,
-    body: GateBody,
+    parts: &http::request::Parts,
+    body: RequestBody,
     path_and_query: &str,
-    token: crate::iam::Token,
+    token: Token,
 ) -> Result<Response<GateBody>, GateError> {
+    let client_headers = &parts.headers;
     let mut headers = upstream::request_headers_for_upstream(client_headers);
-    headers.insert("x-auth-token", token.header_value());
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }
@@ -348,12 +347,29 @@ async fn forward(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    let mut request = Request::new(body);
-    *request.method_mut() = method;
-    *request.headers_mut() = headers;
+    let send = |body: GateBody, token: &Token| {
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.headers_mut() = headers.clone();
+        request
+            .headers_mut()
+            .insert("x-auth-token", token.header_value());
+        snapshot.upstream.send(request, path_and_query)
+    };
+    let (body, replay) = match body {
+        RequestBody::Streaming(body) => (body.boxed(), None),
+        RequestBody::Buffered(bytes) => (full(bytes.clone()), Some(bytes)),
+    };
 
     let started = Instant::now();
-    let result = snapshot.upstream.send(request, path_and_query).await;
+    let mut result = send(body, &token).await;
+    let refused = matches!(&result, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
+    if let (true, Some(bytes)) = (refused, replay) {
+        if let Some(renewed) = gate.tokens.renew_rejected(&token).await {
+            tracing::info!(request_id = %exchange.request_id, "SWR refused the IAM token; retrying once with a renewed one");
+            result = send(full(bytes), &renewed).await;
+        }
+    }
     exchange.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let response = result?;
     exchange.upstream_status = Some(response.status().as_u16());

@@ -41,8 +41,8 @@ pub async fn serve_then(
     let config = Config::load(config_path)?;
     let snapshot = Snapshot::load(config, None).map_err(|problems| problems.join("\n"))?;
     let config = &snapshot.config;
-    let tokens = Arc::new(TokenSource::from_config(config));
-    tokens.spawn_watcher();
+    let tokens = Arc::new(TokenSource::from_config(config)?);
+    tokens.spawn_refresher();
     let audit = AuditLog::start(config)?;
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -62,11 +62,11 @@ pub async fn serve_then(
     };
     let gate = Arc::new(Gate {
         snapshot: ArcSwap::from_pointee(snapshot),
-        tokens,
         audit,
         replay: ReplayGuard::default(),
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
-        metrics: Metrics::default(),
+        metrics: Metrics::new(tokens.clone()),
+        tokens,
     });
     let reloader = Arc::new(Reloader::new(config_path));
     tokio::spawn(reloader.clone().watch_files(Arc::downgrade(&gate)));

@@ -58,26 +58,32 @@ pub fn tls_client_config(
     )
 }
 
+/// The HTTP/1.1 connector for SWR, and for IAM: the same trust roots (`[upstream]
+/// ca_file` included) and connect timeout for both.
+pub fn connector(config: &Config) -> Result<HttpsConnector<HttpConnector>, String> {
+    let tls = tls_client_config(
+        config
+            .upstream
+            .ca_file
+            .as_ref()
+            .map(|p| config.resolve(p))
+            .as_deref(),
+    )?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.upstream.connect_timeout));
+    http.set_nodelay(true);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 impl Upstream {
     pub fn from_config(config: &Config) -> Result<Upstream, String> {
         let url = &config.upstream.url;
-        let tls = tls_client_config(
-            config
-                .upstream
-                .ca_file
-                .as_ref()
-                .map(|p| config.resolve(p))
-                .as_deref(),
-        )?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.upstream.connect_timeout));
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = connector(config)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -134,7 +140,8 @@ impl Upstream {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes on one line, for logs (hyper's own message alone says little).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -35,6 +35,7 @@ fn mixed(gate: &Gateway, i: usize) -> Option<Answer> {
         0 => gate.try_json("POST", CREATE, &grants(1)),
         1 => gate.try_json("POST", CREATE, &grants(2)),
         2 => gate.try_send_raw(&request_bytes(
+            "swr.local",
             "POST",
             CREATE,
             &[("x-api-key", "wrong")],

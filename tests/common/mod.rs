@@ -2,11 +2,15 @@
 //! and a raw HTTP/1.1 client that sends exactly the bytes a test writes.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod fake_iam;
+pub mod keystone;
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,17 +47,122 @@ pub enum Behaviour {
     Reset,
 }
 
+/// How the stand-in SWR decides whether a token is good, and what it refused.
+struct SwrAuth {
+    check: TokenCheck,
+    refuse_next: AtomicUsize,
+    revoked: Mutex<HashSet<String>>,
+    refused: AtomicUsize,
+}
+
+enum TokenCheck {
+    /// Only [`TOKEN`] is good.
+    Static,
+    /// Asked of IAM, as SWR does: `GET /v3/auth/tokens` with `X-Subject-Token`.
+    Iam(Box<Validator>),
+}
+
+impl SwrAuth {
+    async fn accepts(&self, token: Option<&http::HeaderValue>) -> bool {
+        let refuse_now = self
+            .refuse_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let token = token.and_then(|t| t.to_str().ok()).unwrap_or_default();
+        let good = !refuse_now
+            && !self.revoked.lock().unwrap().contains(token)
+            && match &self.check {
+                TokenCheck::Static => token == TOKEN,
+                TokenCheck::Iam(validator) => validator.accepts(token).await,
+            };
+        if !good {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        good
+    }
+}
+
+/// Validates tokens against an IAM (Keystone, or the fake): with an admin token when
+/// `admin_login` is given (renewed every 10 s, since the test Keystone's tokens are short-lived).
+pub struct Validator {
+    url: String,
+    admin_login: Option<String>,
+    admin: tokio::sync::Mutex<Option<(String, Instant)>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+}
+
+impl Validator {
+    pub fn new(url: &str, admin_login: Option<String>) -> Validator {
+        Validator {
+            url: url.trim_end_matches('/').to_owned(),
+            admin_login,
+            admin: tokio::sync::Mutex::new(None),
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        }
+    }
+
+    async fn admin_token(&self) -> String {
+        let Some(login) = &self.admin_login else {
+            return "unused".into();
+        };
+        let mut admin = self.admin.lock().await;
+        if let Some((token, at)) = &*admin {
+            if at.elapsed() < Duration::from_secs(10) {
+                return token.clone();
+            }
+        }
+        let request = Request::post(format!("{}/v3/auth/tokens", self.url))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(login.clone())))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let token = response.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        *admin = Some((token.clone(), Instant::now()));
+        token
+    }
+
+    async fn accepts(&self, token: &str) -> bool {
+        let admin = self.admin_token().await;
+        let request = Request::get(format!("{}/v3/auth/tokens", self.url))
+            .header("x-auth-token", admin)
+            .header("x-subject-token", token)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        matches!(self.client.request(request).await, Ok(r) if r.status() == StatusCode::OK)
+    }
+}
+
 /// A stand-in for SWR's permission API: it checks the token, knows which images exist
 /// (404 otherwise, like SWR), checks bodies are JSON, and records everything.
 pub struct StandInSwr {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    auth: Arc<SwrAuth>,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl StandInSwr {
+    /// Accepting only [`TOKEN`].
     pub fn start() -> StandInSwr {
+        StandInSwr::start_checking(TokenCheck::Static)
+    }
+
+    /// Accepting the tokens `validator`'s IAM says are valid.
+    pub fn validating(validator: Validator) -> StandInSwr {
+        StandInSwr::start_checking(TokenCheck::Iam(Box::new(validator)))
+    }
+
+    fn start_checking(check: TokenCheck) -> StandInSwr {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -70,23 +179,31 @@ impl StandInSwr {
                 .into_iter()
                 .collect(),
         );
-        let (rec, beh) = (received.clone(), behaviour.clone());
+        let auth = Arc::new(SwrAuth {
+            check,
+            refuse_next: AtomicUsize::new(0),
+            revoked: Mutex::new(HashSet::new()),
+            refused: AtomicUsize::new(0),
+        });
+        let (rec, beh, aut) = (received.clone(), behaviour.clone(), auth.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (rec, beh, images) = (rec.clone(), beh.clone(), images.clone());
+                let (rec, beh, images, aut) =
+                    (rec.clone(), beh.clone(), images.clone(), aut.clone());
                 tokio::spawn(async move {
                     if *beh.lock().unwrap() == Behaviour::Reset {
                         drop(stream);
                         return;
                     }
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (rec, beh, images) = (rec.clone(), beh.clone(), images.clone());
+                        let (rec, beh, images, aut) =
+                            (rec.clone(), beh.clone(), images.clone(), aut.clone());
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                swr_answer(req, &rec, &beh, &images).await,
+                                swr_answer(req, &rec, &beh, &images, &aut).await,
                             )
                         }
                     });
@@ -100,8 +217,38 @@ impl StandInSwr {
             addr,
             received,
             behaviour,
+            auth,
             _runtime: runtime,
         }
+    }
+
+    /// Answer 401 to the next `n` requests, whatever their token.
+    pub fn refuse_next(&self, n: usize) {
+        self.auth.refuse_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Answer 401 to every request carrying `token` from now on.
+    pub fn revoke(&self, token: &str) {
+        self.auth.revoked.lock().unwrap().insert(token.to_owned());
+    }
+
+    /// How many requests were answered 401.
+    pub fn refused(&self) -> usize {
+        self.auth.refused.load(Ordering::SeqCst)
+    }
+
+    /// The distinct `X-Auth-Token`s received, in order of first use.
+    pub fn tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = Vec::new();
+        for received in self.received() {
+            if let Some(token) = received.headers.get("x-auth-token") {
+                let token = token.to_str().unwrap().to_owned();
+                if !tokens.contains(&token) {
+                    tokens.push(token);
+                }
+            }
+        }
+        tokens
     }
 
     pub fn url(&self) -> String {
@@ -136,6 +283,7 @@ async fn swr_answer(
     received: &Mutex<Vec<Received>>,
     behaviour: &Mutex<Behaviour>,
     images: &HashSet<&str>,
+    auth: &SwrAuth,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = body
@@ -160,7 +308,7 @@ async fn swr_answer(
     if let Some(wait) = wait {
         tokio::time::sleep(wait).await;
     }
-    if parts.headers.get("x-auth-token").map(|v| v.as_bytes()) != Some(TOKEN.as_bytes()) {
+    if !auth.accepts(parts.headers.get("x-auth-token")).await {
         return swr_error(
             StatusCode::UNAUTHORIZED,
             "SVCSTG.SWR.4010000",
@@ -268,6 +416,16 @@ impl Gateway {
 
     /// Start with `extra` config appended and `edit` applied to the whole text.
     pub fn start_with(upstream: &str, extra: &str, edit: impl FnOnce(&mut String)) -> Gateway {
+        Gateway::start_env(upstream, extra, edit, &[])
+    }
+
+    /// [`Gateway::start_with`], with more environment variables (`RUST_LOG` among them).
+    pub fn start_env(
+        upstream: &str,
+        extra: &str,
+        edit: impl FnOnce(&mut String),
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut text = config(addr, upstream, extra);
@@ -279,8 +437,9 @@ impl Gateway {
             .arg(&config_path)
             .env("SWR_GATE_TEST_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
             .spawn()
             .unwrap();
         let mut gateway = Gateway { addr, dir, child };
@@ -295,14 +454,7 @@ impl Gateway {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                let mut stderr = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                panic!("swr-gate exited with {status}: {stderr}");
+                panic!("swr-gate exited with {status}: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -311,6 +463,11 @@ impl Gateway {
 
     pub fn audit_path(&self) -> PathBuf {
         self.dir.path().join("audit.jsonl")
+    }
+
+    /// What the gateway wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
@@ -332,7 +489,7 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Answer {
-        self.send_raw(&request_bytes(method, target, headers, body))
+        http_request(self.addr, "swr.local", method, target, headers, body)
     }
 
     /// A guarded-style JSON request with the CI bot's API key.
@@ -347,25 +504,22 @@ impl Gateway {
             ("authorization", key.as_str()),
             ("content-type", "application/json"),
         ];
-        self.try_send_raw(&request_bytes(method, target, &headers, body.as_bytes()))
+        self.try_send_raw(&request_bytes(
+            "swr.local",
+            method,
+            target,
+            &headers,
+            body.as_bytes(),
+        ))
     }
 
     pub fn send_raw(&self, bytes: &[u8]) -> Answer {
-        self.try_send_raw(bytes).expect("an answer")
+        send_bytes(self.addr, bytes)
     }
 
     /// Like [`Gateway::send_raw`], but `None` when no complete answer came back.
     pub fn try_send_raw(&self, bytes: &[u8]) -> Option<Answer> {
-        let mut stream = TcpStream::connect(self.addr).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        stream.write_all(bytes).ok()?;
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        raw.windows(4)
-            .any(|w| w == b"\r\n\r\n")
-            .then(|| parse_answer(&raw))
+        try_send_bytes(self.addr, bytes)
     }
 
     /// SIGTERM, as an orchestrator stops it; the audit file stays readable afterwards.
@@ -421,10 +575,28 @@ impl Answer {
     }
 }
 
+/// Send one HTTP/1.1 request to `addr` and read the whole answer.
+pub fn http_request(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    send_bytes(addr, &request_bytes(host, method, target, headers, body))
+}
+
 /// The bytes of a one-shot HTTP/1.1 request.
-pub fn request_bytes(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+pub fn request_bytes(
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut request =
-        format!("{method} {target} HTTP/1.1\r\nhost: swr.local\r\nconnection: close\r\n");
+        format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -435,6 +607,25 @@ pub fn request_bytes(method: &str, target: &str, headers: &[(&str, &str)], body:
     let mut bytes = request.into_bytes();
     bytes.extend_from_slice(body);
     bytes
+}
+
+/// Send exactly `bytes` to `addr` and read the whole answer.
+pub fn send_bytes(addr: SocketAddr, bytes: &[u8]) -> Answer {
+    try_send_bytes(addr, bytes).expect("an answer")
+}
+
+/// Like [`send_bytes`], but `None` when no complete answer came back.
+pub fn try_send_bytes(addr: SocketAddr, bytes: &[u8]) -> Option<Answer> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream.write_all(bytes).ok()?;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    raw.windows(4)
+        .any(|w| w == b"\r\n\r\n")
+        .then(|| parse_answer(&raw))
 }
 
 pub fn parse_answer(raw: &[u8]) -> Answer {
@@ -540,16 +731,18 @@ impl Pki {
 /// What the tests' Python needs: the official SWR SDK, and a Prometheus parser.
 pub const PYTHON_PACKAGES: [&str; 2] = ["huaweicloudsdkswr==3.1.219", "prometheus-client==0.26.0"];
 
-/// A virtualenv with [`PYTHON_PACKAGES`], made once under `target/` (from PyPI) and
-/// reused, so a plain `cargo test` fetches what it needs by itself.
-pub fn sdk_python() -> PathBuf {
+/// A virtualenv under `target/test-env/NAME` with `packages` from PyPI, made once and
+/// reused, so a plain `cargo test` fetches what it needs by itself. Returns its `bin/`.
+pub fn python_env(name: &str, packages: &[&str]) -> PathBuf {
     static MAKING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = MAKING.lock().unwrap_or_else(|p| p.into_inner());
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env/sdk-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(format!("ready-{}", PYTHON_PACKAGES.join("-")));
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-env")
+        .join(name);
+    let bin = venv.join("bin");
+    let ready = venv.join(format!("ready-{}", packages.join("-")));
     if ready.exists() {
-        return python;
+        return bin;
     }
     let status = Command::new("python3")
         .arg("-m")
@@ -558,7 +751,7 @@ pub fn sdk_python() -> PathBuf {
         .status()
         .expect("python3 is needed");
     assert!(status.success(), "could not create {}", venv.display());
-    let status = Command::new(&python)
+    let status = Command::new(bin.join("python"))
         .args([
             "-m",
             "pip",
@@ -566,15 +759,17 @@ pub fn sdk_python() -> PathBuf {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(PYTHON_PACKAGES)
+        .args(packages)
         .status()
         .unwrap();
-    assert!(
-        status.success(),
-        "pip could not install {PYTHON_PACKAGES:?}"
-    );
+    assert!(status.success(), "pip could not install {packages:?}");
     std::fs::write(&ready, "").unwrap();
-    python
+    bin
+}
+
+/// The Python of a virtualenv with [`PYTHON_PACKAGES`].
+pub fn sdk_python() -> PathBuf {
+    python_env("sdk-venv", &PYTHON_PACKAGES).join("python")
 }
 
 /// A `redis-server` of the test's own on a free loopback port, stopped when dropped.
