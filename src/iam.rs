@@ -191,7 +191,13 @@ impl TokenSource {
         if let Some(token) = self.usable() {
             return Ok(token);
         }
-        let mut error = GateError::new(ErrorKind::NoToken, self.why_not());
+        // The reason (IAM's address, its error) is for operators: it goes to /readyz and
+        // the log, not to clients.
+        tracing::warn!(reason = %self.why_not(), "no IAM token to inject");
+        let mut error = GateError::new(
+            ErrorKind::NoToken,
+            "the gateway holds no IAM token right now; retry shortly",
+        );
         if let Some(retry_at) = self.status.borrow().retry_at {
             let wait = retry_at.saturating_duration_since(Instant::now());
             error = error.with_retry_after(wait.as_secs() + 1);

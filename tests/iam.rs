@@ -181,6 +181,10 @@ fn iam_down_at_startup_then_up() {
     assert!(answer.header("retry-after").is_some());
     let message = answer.json()["error_msg"].as_str().unwrap().to_owned();
     assert!(message.contains("IAM"), "{message}");
+    assert!(
+        !message.contains("127.0.0.1"),
+        "IAM's address is for operators, not clients: {message}"
+    );
     assert!(swr.received().is_empty());
 
     switch.set(true);
