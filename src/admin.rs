@@ -1,36 +1,22 @@
 //! The admin listener (contract §7): liveness, readiness and metrics, kept off the
 //! client port so probes and scrapers never need credentials and clients never see them.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::pipeline::Gate;
 
 pub async fn serve(listener: TcpListener, gate: Arc<Gate>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    crate::server::serve_simple(listener, move |request| {
         let gate = gate.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let gate = gate.clone();
-                async move { Ok::<_, Infallible>(answer(&gate, &request)) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { answer(&gate, &request) }
+    })
+    .await
 }
 
 /// Ready when an IAM token is held and the audit trail takes records (the config is

@@ -102,6 +102,7 @@ pub struct Iam {
     pub user: Option<String>,
     pub domain: Option<String>,
     pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
     pub project: Option<String>,
     pub project_id: Option<String>,
     pub project_domain: Option<String>,
@@ -285,7 +286,11 @@ impl Iam {
         );
         need(given(&self.user), "user (the IAM user name)");
         need(given(&self.domain), "domain (the account name)");
-        need(given(&self.password_env), "password_env = \"VARIABLE\"");
+        need(
+            given(&self.password_env) || self.password_file.is_some(),
+            "password_env = \"VARIABLE\" or password_file = \"PATH\"",
+        );
+
         need(
             given(&self.project) || given(&self.project_id),
             "project (a name like \"cn-north-4\") or project_id",
@@ -299,6 +304,9 @@ impl Iam {
         }
         if self.project.is_some() && self.project_id.is_some() {
             problems.push("[iam] give project or project_id, not both".into());
+        }
+        if self.password_env.is_some() && self.password_file.is_some() {
+            problems.push("[iam] give password_env or password_file, not both".into());
         }
         if self.project_domain.is_some() && self.project.is_none() {
             problems.push("[iam] project_domain qualifies a project name: it needs project".into());

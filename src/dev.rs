@@ -2,11 +2,19 @@
 //! on embedded defaults in front of the built-in SWR emulator, with demo credentials and
 //! examples printed ready to paste.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
 
 use crate::crypto::{hex, random_bytes, sha256};
-use crate::emulator::{Emulator, DEMO_IMAGES};
+use crate::emulator::{Emulator, IamStandIn, TokenBook, DEMO_IMAGES};
 
 /// The shipped policy directory, built into the binary so `dev` needs no checkout.
 const POLICY_FILES: [(&str, &str); 4] = [
@@ -29,6 +37,23 @@ const POLICY_FILES: [(&str, &str); 4] = [
 const DEMO_PROJECT: &str = "0123456789abcdef0123456789abcdef";
 const DEMO_USER: &str = "fb3f175c1fd146ab8cdae3272be6107b";
 
+/// Tokens from the IAM stand-in live this long, so renewal is seen in a dev session.
+const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// Start a stand-in on a free loopback port; returns its address.
+async fn spawn_stand_in<A, F>(what: &str, answer: A) -> Result<SocketAddr, String>
+where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(crate::server::serve_simple(listener, answer));
+    Ok(addr)
+}
+
 pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("swr-gate-dev-{}", std::process::id()));
     let result = run_in(&dir, listen, admin).await;
@@ -47,17 +72,33 @@ async fn run_in(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<(),
         write(dir.join("policies").join(name), text)?;
     }
 
-    let token = format!("dev-{}", hex(&random_bytes::<24>()));
-    let emulator_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot start the SWR emulator: {e}"))?;
-    let emulator_addr = emulator_listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(Emulator::new(token.clone(), &DEMO_IMAGES).serve(emulator_listener));
+    // IAM issues tokens that expire; the SWR emulator accepts only those, so the gateway
+    // fetches, renews and injects them exactly as it does against Huawei Cloud.
+    let tokens = Arc::new(TokenBook::default());
+    let iam_password = hex(&random_bytes::<16>());
+    let iam = Arc::new(IamStandIn {
+        user: "swr-gate".into(),
+        domain: "demo".into(),
+        password: iam_password.clone(),
+        lifetime: IAM_TOKEN_LIFETIME,
+        tokens: tokens.clone(),
+    });
+    let iam_addr = spawn_stand_in("the IAM stand-in", move |request| {
+        let iam = iam.clone();
+        async move { iam.answer(request).await }
+    })
+    .await?;
+    let emulator = Arc::new(Emulator::new(tokens, &DEMO_IMAGES));
+    let emulator_addr = spawn_stand_in("the SWR emulator", move |request| {
+        let emulator = emulator.clone();
+        async move { emulator.answer(request).await }
+    })
+    .await?;
 
     let api_key = format!("swrg_{}", hex(&random_bytes::<24>()));
     let access_key = "DEVGATEWAYACCESSKEY1";
     let secret_key = hex(&random_bytes::<20>());
-    write(dir.join("iam-token"), &token)?;
+    write(dir.join("iam-password"), &iam_password)?;
     write(dir.join("demo-sk"), &secret_key)?;
     let config = format!(
         r#"[server]
@@ -70,8 +111,13 @@ listen = "{admin}"
 url = "http://{emulator_addr}"
 
 [iam]
-method = "token_file"
-token_file = "iam-token"
+method = "password"
+endpoint = "http://{iam_addr}"
+user = "swr-gate"
+domain = "demo"
+password_file = "iam-password"
+project = "cn-north-4"
+refresh_before = "5m"
 
 [policy]
 dir = "policies"
@@ -124,7 +170,8 @@ fn banner(
     let audit = audit.display();
     format!(
         r#"swr-gate dev: the gateway on http://{addr}, in front of a built-in SWR emulator on http://{emulator}
-(images {images}; permissions and shares kept in memory). Ctrl-C stops it.
+(images {images}; permissions and shares kept in memory) that accepts only tokens from a
+built-in IAM stand-in, which the gateway logs in to and renews. Ctrl-C stops it.
 
 Demo credentials
   API key (client demo-ci):        {api_key}

@@ -1,21 +1,20 @@
-//! An in-memory stand-in for SWR's permission API, for `swr-gate dev` and for users'
-//! own CI: it keeps user permissions and account shares per image, answers the guarded
-//! operations and their GET/DELETE siblings with SWR's status codes and error bodies,
-//! 404 for an unknown image, and 401 unless `X-Auth-Token` is the token it was given.
+//! In-memory stand-ins for SWR's permission API and for IAM, for `swr-gate dev` and for
+//! users' own CI. The SWR emulator keeps user permissions and account shares per image,
+//! answers the guarded operations and their GET/DELETE siblings with SWR's status codes
+//! and error bodies, 404 for an unknown image, and 401 unless `X-Auth-Token` is a token
+//! the IAM stand-in issued and that has not expired.
 
-use std::collections::{BTreeMap, HashSet};
-use std::convert::Infallible;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+
+use crate::crypto::{hex, random_bytes};
 
 /// Images that exist from the start, as `namespace/repository`.
 pub const DEMO_IMAGES: [&str; 3] = ["team-a/app", "team-a/group/app", "team-b/tool"];
@@ -28,45 +27,98 @@ struct Image {
     shares: BTreeMap<String, Value>,
 }
 
+/// The tokens the IAM stand-in issued, and until when each is good.
+#[derive(Default)]
+pub struct TokenBook {
+    expiry: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl TokenBook {
+    fn issue(&self, lifetime: Duration) -> (String, SystemTime, SystemTime) {
+        let token = format!("dev-{}", hex(&random_bytes::<24>()));
+        let issued = SystemTime::now();
+        let expires = issued + lifetime;
+        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        expiry.retain(|_, until| *until > issued);
+        expiry.insert(token.clone(), expires);
+        (token, issued, expires)
+    }
+
+    fn is_valid(&self, token: &[u8]) -> bool {
+        let expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        std::str::from_utf8(token)
+            .ok()
+            .and_then(|t| expiry.get(t))
+            .is_some_and(|until| *until > SystemTime::now())
+    }
+}
+
+/// IAM's `POST /v3/auth/tokens` for one user and password: project-scoped tokens that
+/// expire after `lifetime`, in the `X-Subject-Token` header with `token.expires_at`.
+pub struct IamStandIn {
+    pub user: String,
+    pub domain: String,
+    pub password: String,
+    pub lifetime: Duration,
+    pub tokens: Arc<TokenBook>,
+}
+
+impl IamStandIn {
+    pub async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let unauthorized = || {
+            let body = json!({"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}});
+            answer(StatusCode::UNAUTHORIZED, Some(body))
+        };
+        if request.method() != Method::POST || request.uri().path() != "/v3/auth/tokens" {
+            return error(StatusCode::NOT_FOUND, "IAM.0001", "Not found");
+        }
+        let Ok(body) = Limited::new(request.into_body(), 64 * 1024).collect().await else {
+            return unauthorized();
+        };
+        let document: Value = serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
+        let user = &document["auth"]["identity"]["password"]["user"];
+        let matches = user["name"] == self.user.as_str()
+            && user["password"] == self.password.as_str()
+            && user["domain"]["name"] == self.domain.as_str();
+        if !matches {
+            return unauthorized();
+        }
+        let (token, issued, expires) = self.tokens.issue(self.lifetime);
+        let times = |t: SystemTime| humantime::format_rfc3339_micros(t).to_string();
+        let mut response = answer(
+            StatusCode::CREATED,
+            Some(
+                json!({"token": {"methods": ["password"], "issued_at": times(issued), "expires_at": times(expires)}}),
+            ),
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&token) {
+            response.headers_mut().insert("x-subject-token", value);
+        }
+        response
+    }
+}
+
 pub struct Emulator {
-    token: String,
+    tokens: Arc<TokenBook>,
     images: Mutex<BTreeMap<String, Image>>,
 }
 
 impl Emulator {
-    pub fn new(token: String, images: &[&str]) -> Arc<Emulator> {
+    pub fn new(tokens: Arc<TokenBook>, images: &[&str]) -> Emulator {
         let images = images
             .iter()
             .map(|name| (name.to_string(), Image::default()))
             .collect();
-        Arc::new(Emulator {
-            token,
+        Emulator {
+            tokens,
             images: Mutex::new(images),
-        })
-    }
-
-    /// Serve on `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let emulator = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let emulator = emulator.clone();
-                    async move { Ok::<_, Infallible>(emulator.answer(request).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
         }
     }
 
-    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = request.into_parts();
-        if parts.headers.get("x-auth-token").map(|t| t.as_bytes()) != Some(self.token.as_bytes()) {
+        let token = parts.headers.get("x-auth-token").map(|t| t.as_bytes());
+        if !token.is_some_and(|t| self.tokens.is_valid(t)) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "SVCSTG.SWR.4010000",
@@ -299,4 +351,19 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
         status,
         Some(json!({"error_code": code, "error_msg": message})),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emulator_accepts_only_unexpired_tokens_the_stand_in_issued() {
+        let book = TokenBook::default();
+        let (fresh, _, _) = book.issue(Duration::from_secs(60));
+        let (stale, _, _) = book.issue(Duration::ZERO);
+        assert!(book.is_valid(fresh.as_bytes()));
+        assert!(!book.is_valid(stale.as_bytes()));
+        assert!(!book.is_valid(b"dev-made-up"));
+    }
 }

@@ -7,6 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -218,6 +222,30 @@ where
     watcher
         .watch(builder.serve_connection(io, service).into_owned())
         .await
+}
+
+/// A small plain-HTTP server for the admin endpoints and the dev stand-ins: every
+/// connection on its own task, every request answered by `answer`, until dropped.
+pub async fn serve_simple<A, F>(listener: TcpListener, answer: A)
+where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let reply = answer(request);
+                async move { Ok::<_, std::convert::Infallible>(reply.await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// Evict idle rate-limit buckets now and then, so memory stays bounded however many

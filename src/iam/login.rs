@@ -25,7 +25,8 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// backoff): renewing it in time would mean calling IAM in a loop.
 const MIN_LIFETIME: Duration = Duration::from_secs(10);
 
-/// The IAM password, read from the variable `password_env` names. Redacted in `Debug`.
+/// The IAM password, read from the variable `password_env` names or the file
+/// `password_file` names. Redacted in `Debug`.
 pub struct Password(String);
 
 impl std::fmt::Debug for Password {
@@ -39,6 +40,16 @@ impl std::fmt::Debug for Password {
 pub fn read_password(config: &Config) -> Result<Option<Password>, String> {
     if !matches!(config.iam.method, IamMethod::Password | IamMethod::Agency) {
         return Ok(None);
+    }
+    if let Some(path) = &config.iam.password_file {
+        let path = config.resolve(path);
+        return match std::fs::read_to_string(&path) {
+            Ok(password) if !password.trim().is_empty() => Ok(Some(Password(
+                password.trim_end_matches(['\r', '\n']).to_owned(),
+            ))),
+            Ok(_) => Err(format!("[iam] password_file {} is empty", path.display())),
+            Err(error) => Err(format!("[iam] password_file {}: {error}", path.display())),
+        };
     }
     let Some(var) = &config.iam.password_env else {
         return Ok(None);
@@ -85,7 +96,8 @@ impl Login {
         let endpoint = iam.endpoint.as_ref().ok_or_else(|| missing("endpoint"))?;
         let user = iam.user.as_deref().ok_or_else(|| missing("user"))?;
         let domain = iam.domain.as_deref().ok_or_else(|| missing("domain"))?;
-        let password = read_password(config)?.ok_or_else(|| missing("password_env"))?;
+        let password =
+            read_password(config)?.ok_or_else(|| missing("password_env or password_file"))?;
         let project = match (&iam.project_id, &iam.project) {
             (Some(id), _) => json!({ "id": id }),
             (None, Some(name)) => match &iam.project_domain {
