@@ -25,6 +25,7 @@ pub enum ErrorKind {
     MalformedAuthorization,
     AmbiguousCredentials,
     TooManyAuthFailures,
+    PolicyDenied,
     UnmatchedRoute,
     BodyTimeout,
     BodyTooLarge,
@@ -49,6 +50,7 @@ impl ErrorKind {
             | Replay
             | MalformedAuthorization
             | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
+            PolicyDenied => StatusCode::FORBIDDEN,
             TooManyAuthFailures => StatusCode::TOO_MANY_REQUESTS,
             UnmatchedRoute => StatusCode::NOT_FOUND,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -80,6 +82,7 @@ impl ErrorKind {
             Replay => "SWR.GATE.4010005",
             MalformedAuthorization => "SWR.GATE.4010006",
             AmbiguousCredentials => "SWR.GATE.4010007",
+            PolicyDenied => "SWR.GATE.4030001",
             UnmatchedRoute => "SWR.GATE.4040001",
             TooManyAuthFailures => "SWR.GATE.4290002",
             BodyTimeout => "SWR.GATE.4080001",
@@ -109,6 +112,7 @@ impl ErrorKind {
             MalformedJson | DuplicateKey | NestingTooDeep | BodyNotUtf8 | BodyTimeout
             | BodyTooLarge | UnsupportedMediaType => "body",
             SchemaViolation => "schema",
+            PolicyDenied => "policy",
             UpstreamUnreachable | UpstreamTimeout | NoToken | AuditUnavailable | Internal => {
                 "upstream"
             }
@@ -116,12 +120,16 @@ impl ErrorKind {
     }
 }
 
-/// One violation inside a request body, located by JSON pointer.
+/// One violation inside a request body, located by JSON pointer (`""`: the whole
+/// request), or one policy that denied it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Detail {
     pub pointer: String,
     pub reason: String,
     pub message: String,
+    /// The `@id` of the policy this detail is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// A refusal: what went wrong, said so that a person understands it, and where.

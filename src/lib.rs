@@ -1,7 +1,7 @@
 //! swr-gate: a policy gateway in front of Huawei Cloud SWR's permission API.
 //!
 //! A request goes through [`pipeline`]: [`route`] → [`auth`] → [`body`] → [`schema`] →
-//! [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`].
+//! [`policy`] → [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`].
 
 pub mod admin;
 pub mod audit;
@@ -16,6 +16,7 @@ pub mod error;
 pub mod iam;
 pub mod keygen;
 pub mod pipeline;
+pub mod policy;
 pub mod route;
 pub mod schema;
 pub mod server;
