@@ -5,14 +5,32 @@ use std::path::Path;
 use crate::config::Config;
 use crate::snapshot::Snapshot;
 
-/// Returns the problems found; empty means the config would start.
-pub fn check(config_path: &Path) -> Vec<String> {
+/// What `check` found. Only problems stop the gateway; warnings are things that load
+/// but are probably not what was meant (a policy naming a group no client is in).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn check(config_path: &Path) -> Report {
     let config = match Config::load(config_path) {
         Ok(config) => config,
-        Err(problem) => return vec![problem],
+        Err(problem) => {
+            return Report {
+                problems: vec![problem],
+                warnings: Vec::new(),
+            }
+        }
     };
     match Snapshot::load(config) {
-        Ok(_) => Vec::new(),
-        Err(problems) => problems,
+        Ok(snapshot) => Report {
+            problems: Vec::new(),
+            warnings: snapshot.policies.warnings().to_vec(),
+        },
+        Err(problems) => Report {
+            problems,
+            warnings: Vec::new(),
+        },
     }
 }

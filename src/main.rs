@@ -40,7 +40,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: std::net::SocketAddr,
     },
-    /// Load and validate the config, schemas and routes; print every problem.
+    /// Load and validate the config, routes, schemas and policies; print every problem
+    /// (exit 1) and every warning (exit 0 when there are only warnings).
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -78,12 +79,15 @@ fn main() -> ExitCode {
             admin_listen,
         } => run(swr_gate::dev::run(listen, admin_listen)),
         Command::Check { config } => {
-            let problems = swr_gate::check::check(&config);
-            if problems.is_empty() {
+            let report = swr_gate::check::check(&config);
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if report.problems.is_empty() {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             } else {
-                for problem in &problems {
+                for problem in &report.problems {
                     eprintln!("error: {problem}");
                 }
                 ExitCode::FAILURE
