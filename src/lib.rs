@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod dev;
 pub mod emulator;
 pub mod error;
+pub mod eval;
 pub mod iam;
 pub mod keygen;
 pub mod pipeline;

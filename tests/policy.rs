@@ -1,6 +1,6 @@
 //! Local policy (Cedar) through the running gateway: who may do what, forbids over
 //! permits, denials that name their policy, dry-run, shadow policies, the context at its
-//! edges; and `check` on broken and questionable policy sets.
+//! edges; and the `policy test`, `eval` and `check` commands on the shipped set.
 
 mod common;
 
@@ -383,6 +383,125 @@ fn write_config(dir: &Path, policies: &Path) -> PathBuf {
     let path = dir.join("gate.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+#[test]
+fn the_shipped_policy_cases_pass_and_a_wrong_expectation_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &policy_dir());
+    let (code, output) = policy_command(&["policy", "test"], &config);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains(" passed, 0 failed"), "{output}");
+    for file in ["grants.toml", "sharing.toml", "forward.toml"] {
+        assert!(output.contains(&format!("pass  {file}: ")), "{output}");
+    }
+
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[[case]]\nname = \"release grants\"\nclient = \"release-tool\"\n\
+         operation = \"create_user_repository_auth\"\nnamespace = \"team-a\"\nrepository = \"app\"\n\
+         body = [{ user_id = \"fb3f175c1fd146ab8cdae3272be6107b\", user_name = \"u\", auth = 1 }]\n\
+         expect = \"allow\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+        .args(["policy", "test", "--config"])
+        .arg(&config)
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  wrong.toml: release grants: expected allow, got deny by no policy"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn eval_prints_the_whole_decision_and_exits_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &policy_dir());
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, sharing("forever", Some("partner build"))).unwrap();
+    let (code, output) = policy_command(
+        &[
+            "eval",
+            "--client",
+            "release-tool",
+            "--method",
+            "PATCH",
+            "--path",
+            SHARE,
+            "--body",
+            body.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert_eq!(code, 1, "{output}");
+    for expected in [
+        "route     update_repo_domains  namespace team-a  repository app  access_domain partner-a",
+        "schema    ok",
+        "policy    deny (mode enforce)",
+        "deciding  no-permanent-sharing",
+        "sharing.cedar:",
+        "deadline_forever  true",
+        "deadline_days     absent",
+        "answer    403 SWR.GATE.4030001 denied by policy no-permanent-sharing",
+    ] {
+        assert!(output.contains(expected), "{expected:?} in\n{output}");
+    }
+
+    std::fs::write(&body, sharing("2020-01-01T00:00:00Z", Some("old"))).unwrap();
+    let (code, output) = policy_command(
+        &[
+            "eval",
+            "--client",
+            "release-tool",
+            "--method",
+            "PATCH",
+            "--path",
+            SHARE,
+            "--body",
+            body.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("answer    forwarded to SWR"), "{output}");
+
+    std::fs::write(&body, r#"[{"user_id":"nope","user_name":"u","auth":2}]"#).unwrap();
+    let (code, output) = policy_command(
+        &[
+            "eval",
+            "--client",
+            "ci-bot",
+            "--method",
+            "POST",
+            "--path",
+            CREATE,
+            "--body",
+            body.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("schema    2 violation(s)"), "{output}");
+    assert!(output.contains("/0/auth"), "{output}");
+
+    let (code, output) = policy_command(
+        &[
+            "eval", "--client", "ghost", "--method", "GET", "--path", "/v2/x",
+        ],
+        &config,
+    );
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("no [[clients]] entry has id \"ghost\""),
+        "{output}"
+    );
 }
 
 #[test]
