@@ -7,15 +7,18 @@
 //! and shadow policies are two sets, each evaluated on its own.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::convert::Infallible;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cedar_policy::{
-    AuthorizationError, Authorizer, Context as CedarContext, Decision as CedarDecision, Effect,
-    Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, AuthorizationError, Authorizer, Context as CedarContext,
+    Decision as CedarDecision, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    Policy, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde::Serialize;
@@ -37,6 +40,9 @@ pub const SCHEMA_FILE: &str = "swr.cedarschema";
 
 /// The id of the resource of requests that name no repository: `Swr::Api::"swr"`.
 const API: &str = "swr";
+
+/// Entries the per-address and per-(client, repository) caches keep before starting over.
+const CACHE: usize = 4096;
 
 /// Names the rest of the configuration defines, to warn about policies that name others
 /// and so can never apply to them.
@@ -143,13 +149,34 @@ impl Types {
 pub struct Policies {
     enforced: PolicySet,
     shadow: PolicySet,
-    /// The schema's action entities, so that action groups work in `action in [...]`.
-    actions: Vec<Entity>,
+    /// What each action the gateway asks about needs, worked out once.
+    by_action: HashMap<String, ForAction>,
+    /// The action entities that are in an action group, for `action in <group>`; the
+    /// others need no entity.
+    grouped_actions: Vec<Entity>,
+    /// `ip("...")` by client address: making one parses the function's name, which
+    /// costs more than the whole rest of the context.
+    ips: Mutex<HashMap<IpAddr, RestrictedExpression>>,
+    /// The entities of a request by client, groups and repository: Cedar computes their
+    /// transitive closure when they are stored, which costs more than deciding, and a
+    /// client keeps asking about the same repositories.
+    entity_stores: Mutex<HashMap<String, Entities>>,
     about: HashMap<String, About>,
     files: Vec<Source>,
     warnings: Vec<String>,
     types: Types,
     authorizer: Authorizer,
+}
+
+/// The policies that can apply to one action, and what of the context they read.
+/// Cedar evaluates every policy of a set it is given, and building the context costs in
+/// proportion to its size, while most rules are about one action and a few attributes.
+#[derive(Debug)]
+struct ForAction {
+    enforced: PolicySet,
+    shadow: PolicySet,
+    /// The context attributes these policies read; `None`: all of them.
+    reads: Option<BTreeSet<String>>,
 }
 
 /// One request as the policy sees it.
@@ -370,17 +397,45 @@ impl Policies {
             }
         }
 
-        let actions = match schema.action_entities() {
-            Ok(entities) => entities.into_iter().collect(),
-            Err(error) => {
-                problems.push(format!("{}: {error}", schema_source.name));
-                Vec::new()
+        let actions = schema.action_entities().unwrap_or_else(|error| {
+            problems.push(format!("{}: {error}", schema_source.name));
+            Entities::empty()
+        });
+        let grouped_actions = actions
+            .iter()
+            .filter(|a| {
+                actions
+                    .ancestors(&a.uid())
+                    .is_some_and(|mut up| up.next().is_some())
+            })
+            .cloned()
+            .collect();
+        let mut by_action = HashMap::new();
+        for action in known.operations.iter().map(String::as_str).chain([FORWARD]) {
+            let uid = Types::uid(&types.action, action);
+            let sets = subset(&enforced, &uid, &actions).and_then(|enforced| {
+                subset(&shadow, &uid, &actions).map(|shadow| (enforced, shadow))
+            });
+            match sets {
+                Ok((enforced, shadow)) => {
+                    let reads = context_reads(enforced.policies().chain(shadow.policies()));
+                    let sets = ForAction {
+                        enforced,
+                        shadow,
+                        reads,
+                    };
+                    by_action.insert(action.to_owned(), sets);
+                }
+                Err(error) => problems.push(error),
             }
-        };
+        }
         let policies = Policies {
             enforced,
             shadow,
-            actions,
+            by_action,
+            grouped_actions,
+            ips: Mutex::new(HashMap::new()),
+            entity_stores: Mutex::new(HashMap::new()),
             about,
             files,
             warnings,
@@ -461,7 +516,7 @@ impl Policies {
                     action,
                     context,
                 };
-                if let Err(error) = self.request(&query, Some(schema)) {
+                if let Err(error) = self.request(&query, None, Some(schema)) {
                     problems.push(format!(
                         "{}: the request swr-gate builds for {action} does not fit the schema: {error}",
                         source.name
@@ -541,17 +596,19 @@ impl Policies {
                 format!("the policy request could not be built: {e}"),
             )
         };
-        let request = self.request(query, None).map_err(internal)?;
+        let (enforced, shadow, reads) = match self.by_action.get(query.action) {
+            Some(sets) => (&sets.enforced, &sets.shadow, sets.reads.as_ref()),
+            None => (&self.enforced, &self.shadow, None),
+        };
+        let request = self.request(query, reads, None).map_err(internal)?;
         let entities = self.entities(query).map_err(internal)?;
 
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.enforced, &entities);
+        let response = self.authorizer.is_authorized(&request, enforced, &entities);
         let mut allowed = response.decision() == CedarDecision::Allow;
         let mut deciding: Vec<String> = response
             .diagnostics()
             .reason()
-            .map(|id| id.to_string())
+            .map(|id| key(id).to_owned())
             .collect();
         let mut errors = policy_errors(response.diagnostics().errors());
         // Cedar skips a policy it cannot evaluate; a forbid that cannot say no still does.
@@ -574,29 +631,27 @@ impl Policies {
         deciding.sort();
         deciding.dedup();
 
-        let mut shadow = Vec::new();
-        if !self.shadow.is_empty() {
-            let response = self
-                .authorizer
-                .is_authorized(&request, &self.shadow, &entities);
-            shadow = response
+        let mut matched = Vec::new();
+        if !shadow.is_empty() {
+            let response = self.authorizer.is_authorized(&request, shadow, &entities);
+            matched = response
                 .diagnostics()
                 .reason()
                 .map(|id| ShadowMatch {
-                    id: id.to_string(),
+                    id: key(id).to_owned(),
                     forbid: self
                         .about
                         .get(key(id))
                         .is_some_and(|a| a.effect == Effect::Forbid),
                 })
                 .collect();
-            shadow.sort_by(|a, b| a.id.cmp(&b.id));
+            matched.sort_by(|a, b| a.id.cmp(&b.id));
             errors.extend(policy_errors(response.diagnostics().errors()));
         }
         Ok(Decision {
             allowed,
             deciding,
-            shadow,
+            shadow: matched,
             errors,
         })
     }
@@ -647,55 +702,144 @@ impl Policies {
         self.about.get(id).and_then(|a| a.message.as_deref())
     }
 
-    fn request(&self, query: &Query, schema: Option<&Schema>) -> Result<Request, String> {
+    /// The Cedar request, its context cut down to `reads` (all of it for `None`).
+    fn request(
+        &self,
+        query: &Query,
+        reads: Option<&BTreeSet<String>>,
+        schema: Option<&Schema>,
+    ) -> Result<Request, String> {
         let principal = Types::uid(&self.types.client, query.client);
         let action = Types::uid(&self.types.action, query.action);
         let resource = match query.context.names() {
             Some(name) => Types::uid(&self.types.repository, &name),
             None => Types::uid(&self.types.api, API),
         };
-        Request::new(
-            principal,
-            action,
-            resource,
-            query.context.to_cedar()?,
-            schema,
-        )
-        .map_err(|e| e.to_string())
+        let wanted = |name: &str| reads.is_none_or(|reads| reads.contains(name));
+        let ip = wanted("client_ip").then(|| self.ip(query.context.client_ip));
+        let context = query.context.to_cedar(ip, wanted)?;
+        Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())
+    }
+
+    fn ip(&self, ip: IpAddr) -> RestrictedExpression {
+        let Ok(expression) = cached(&self.ips, ip, || {
+            Ok::<_, Infallible>(RestrictedExpression::new_ip(ip.to_string()))
+        });
+        expression
     }
 
     fn entities(&self, query: &Query) -> Result<Entities, String> {
+        let mut key = query.client.to_owned();
+        let names = [&query.context.namespace, &query.context.repository];
+        for part in query.groups.iter().chain(names) {
+            key.push('\0');
+            key.push_str(part);
+        }
+        cached(&self.entity_stores, key, || self.make_entities(query))
+    }
+
+    /// Only the entities with parents: `in` reads the ancestors of the entity on its
+    /// left, and an entity without parents is only `in` itself, stored or not.
+    fn make_entities(&self, query: &Query) -> Result<Entities, String> {
         let groups: HashSet<EntityUid> = query
             .groups
             .iter()
             .map(|g| Types::uid(&self.types.group, g))
             .collect();
-        let mut entities = Vec::with_capacity(groups.len() + self.actions.len() + 3);
+        let mut entities = Vec::with_capacity(self.grouped_actions.len() + 2);
         entities.push(Entity::new_no_attrs(
             Types::uid(&self.types.client, query.client),
-            groups.clone(),
+            groups,
         ));
-        entities.extend(
-            groups
-                .into_iter()
-                .map(|g| Entity::new_no_attrs(g, HashSet::new())),
-        );
-        match query.context.names() {
-            Some(name) => {
-                let namespace = Types::uid(&self.types.namespace, &query.context.namespace);
-                entities.push(Entity::new_no_attrs(
-                    Types::uid(&self.types.repository, &name),
-                    HashSet::from([namespace.clone()]),
-                ));
-                entities.push(Entity::new_no_attrs(namespace, HashSet::new()));
-            }
-            None => entities.push(Entity::new_no_attrs(
-                Types::uid(&self.types.api, API),
-                HashSet::new(),
-            )),
+        if let Some(name) = query.context.names() {
+            entities.push(Entity::new_no_attrs(
+                Types::uid(&self.types.repository, &name),
+                HashSet::from([Types::uid(&self.types.namespace, &query.context.namespace)]),
+            ));
         }
-        entities.extend(self.actions.iter().cloned());
+        entities.extend(self.grouped_actions.iter().cloned());
         Entities::from_entities(entities, None).map_err(|e| e.to_string())
+    }
+}
+
+/// The value for `key`, made and kept when it is not there yet (made outside the lock,
+/// so a slow miss does not hold up hits). A full cache starts over rather than tracking
+/// use: it only saves work, its contents never change an answer.
+fn cached<K: Hash + Eq, V: Clone, E>(
+    cache: &Mutex<HashMap<K, V>>,
+    key: K,
+    make: impl FnOnce() -> Result<V, E>,
+) -> Result<V, E> {
+    let lock = || {
+        cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(value) = lock().get(&key) {
+        return Ok(value.clone());
+    }
+    let value = make()?;
+    let mut cache = lock();
+    if cache.len() >= CACHE {
+        cache.clear();
+    }
+    cache.insert(key, value.clone());
+    Ok(value)
+}
+
+/// The context attributes `policies` read (`context.x`, `context has x`), or `None` when
+/// one of them uses `context` some other way, or cannot be read as JSON: then all are sent.
+fn context_reads<'a>(policies: impl Iterator<Item = &'a Policy>) -> Option<BTreeSet<String>> {
+    let mut reads = BTreeSet::new();
+    for policy in policies {
+        let json = policy.to_json().ok()?;
+        if !collect_reads(&json, &mut reads) {
+            return None;
+        }
+    }
+    Some(reads)
+}
+
+/// Walk a policy's JSON form; false on a use of `context` that is not an attribute.
+fn collect_reads(node: &Value, reads: &mut BTreeSet<String>) -> bool {
+    match node {
+        Value::Object(map) => map.iter().all(|(key, child)| {
+            if key == "Var" && child == "context" {
+                return false;
+            }
+            let of_context = matches!(key.as_str(), "." | "has")
+                && child.get("left") == Some(&serde_json::json!({"Var": "context"}));
+            if !of_context {
+                return collect_reads(child, reads);
+            }
+            let attr = match child.get("attr") {
+                Some(Value::String(attr)) => Some(attr.as_str()),
+                Some(Value::Array(path)) => path.first().and_then(Value::as_str),
+                _ => None,
+            };
+            attr.map(|attr| reads.insert(attr.to_owned())).is_some()
+        }),
+        Value::Array(items) => items.iter().all(|item| collect_reads(item, reads)),
+        _ => true,
+    }
+}
+
+/// The policies of `set` whose action scope can match `action`.
+fn subset(set: &PolicySet, action: &EntityUid, actions: &Entities) -> Result<PolicySet, String> {
+    let mut subset = PolicySet::new();
+    for policy in set.policies().filter(|p| may_apply(p, action, actions)) {
+        subset.add(policy.clone()).map_err(|e| e.to_string())?;
+    }
+    Ok(subset)
+}
+
+fn may_apply(policy: &Policy, action: &EntityUid, actions: &Entities) -> bool {
+    match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(uid) => &uid == action,
+        ActionConstraint::In(uids) => uids
+            .iter()
+            .any(|uid| uid == action || actions.is_ancestor_of(uid, action)),
     }
 }
 
@@ -703,7 +847,7 @@ fn policy_errors<'a>(errors: impl Iterator<Item = &'a AuthorizationError>) -> Ve
     errors
         .map(|error| match error {
             AuthorizationError::PolicyEvaluationError(e) => PolicyError {
-                id: e.policy_id().to_string(),
+                id: key(e.policy_id()).to_owned(),
                 message: e.inner().to_string(),
             },
         })
@@ -840,51 +984,57 @@ impl Context {
             .then(|| format!("{}/{}", self.namespace, self.repository))
     }
 
-    fn to_cedar(&self) -> Result<CedarContext, String> {
+    /// The attributes `wanted` says, as Cedar values. `client_ip` comes ready made
+    /// (see [`Policies`]'s `ips`); it is `None` only when it is not wanted.
+    fn to_cedar(
+        &self,
+        client_ip: Option<RestrictedExpression>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<CedarContext, String> {
         let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
         let strings =
             |set: &BTreeSet<String>| RestrictedExpression::new_set(set.iter().map(|s| string(s)));
-        let grants = self
-            .grants
-            .iter()
-            .map(|g| {
-                RestrictedExpression::new_record([
-                    ("user_id".to_owned(), string(&g.user_id)),
-                    ("user_name".to_owned(), string(&g.user_name)),
-                    ("auth".to_owned(), RestrictedExpression::new_long(g.auth)),
-                ])
-                .map_err(|e| e.to_string())
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let mut pairs = vec![
-            ("namespace", string(&self.namespace)),
-            ("repository", string(&self.repository)),
-            ("grants", RestrictedExpression::new_set(grants)),
-            ("max_auth", RestrictedExpression::new_long(self.max_auth)),
-            (
-                "grant_count",
-                RestrictedExpression::new_long(self.grant_count),
-            ),
-            ("user_ids", strings(&self.user_ids)),
-            ("user_names", strings(&self.user_names)),
-            ("access_domain", string(&self.access_domain)),
-            ("permit", string(&self.permit)),
-            (
-                "deadline_forever",
-                RestrictedExpression::new_bool(self.deadline_forever),
-            ),
-            (
-                "has_description",
-                RestrictedExpression::new_bool(self.has_description),
-            ),
-            (
-                "client_ip",
-                RestrictedExpression::new_ip(self.client_ip.to_string()),
-            ),
-            ("auth_method", string(auth_method_name(self.auth_method))),
-        ];
+        let long = RestrictedExpression::new_long;
+        let bool = RestrictedExpression::new_bool;
+        let mut pairs: Vec<(&str, RestrictedExpression)> = Vec::new();
+        let mut add = |name: &'static str, make: &dyn Fn() -> RestrictedExpression| {
+            if wanted(name) {
+                pairs.push((name, make()));
+            }
+        };
+        add("namespace", &|| string(&self.namespace));
+        add("repository", &|| string(&self.repository));
+        add("max_auth", &|| long(self.max_auth));
+        add("grant_count", &|| long(self.grant_count));
+        add("user_ids", &|| strings(&self.user_ids));
+        add("user_names", &|| strings(&self.user_names));
+        add("access_domain", &|| string(&self.access_domain));
+        add("permit", &|| string(&self.permit));
+        add("deadline_forever", &|| bool(self.deadline_forever));
+        add("has_description", &|| bool(self.has_description));
+        add("auth_method", &|| {
+            string(auth_method_name(self.auth_method))
+        });
         if let Some(days) = self.deadline_days {
-            pairs.push(("deadline_days", RestrictedExpression::new_long(days)));
+            add("deadline_days", &|| long(days));
+        }
+        if let Some(client_ip) = client_ip {
+            pairs.push(("client_ip", client_ip));
+        }
+        if wanted("grants") {
+            let grants = self
+                .grants
+                .iter()
+                .map(|g| {
+                    RestrictedExpression::new_record([
+                        ("user_id".to_owned(), string(&g.user_id)),
+                        ("user_name".to_owned(), string(&g.user_name)),
+                        ("auth".to_owned(), long(g.auth)),
+                    ])
+                    .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            pairs.push(("grants", RestrictedExpression::new_set(grants)));
         }
         CedarContext::from_pairs(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
             .map_err(|e| e.to_string())
@@ -1396,6 +1546,45 @@ mod tests {
                 .any(|p| p.contains("does not fit the schema")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn only_the_context_the_policies_read_is_sent() {
+        let policies = shipped();
+        let reads = |action: &str| policies.by_action[action].reads.clone();
+        assert_eq!(
+            reads("create_user_repository_auth"),
+            Some(BTreeSet::from(["max_auth".to_owned()]))
+        );
+        assert_eq!(
+            reads("update_repo_domains"),
+            Some(
+                [
+                    "access_domain",
+                    "deadline_days",
+                    "deadline_forever",
+                    "has_description"
+                ]
+                .map(String::from)
+                .into()
+            )
+        );
+        assert_eq!(reads("forward"), Some(BTreeSet::new()));
+
+        let whole = "@id(\"whole\")\npermit (principal, action, resource)\n\
+                     when { context == context && context.grants.contains({user_id: \"00000000000000000000000000000000\", user_name: \"user0\", auth: 1}) };\n";
+        let policies = load(&[("whole.cedar", whole)]).unwrap();
+        assert_eq!(
+            policies.by_action["create_user_repository_auth"].reads,
+            None
+        );
+        let decision = decide(
+            &policies,
+            &[],
+            "create_user_repository_auth",
+            &context(&grants(&[1, 3])),
+        );
+        assert_eq!(decision.deciding, ["whole"]);
     }
 
     #[test]
