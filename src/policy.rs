@@ -1082,7 +1082,7 @@ fn unreadable(pointer: &str, expected: &str) -> Detail {
 }
 
 /// Whole days from `now` to `at` (seconds since the epoch), rounded down: a deadline
-/// later today is 0, one earlier today is -1.
+/// within the next 24 hours is 0, one up to 24 hours past is -1.
 fn days_between(now: SystemTime, at: i64) -> i64 {
     let now = match now.duration_since(UNIX_EPOCH) {
         Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
@@ -1305,7 +1305,7 @@ mod tests {
     #[test]
     fn deadline_days_are_whole_days_rounded_down_and_absent_for_forever() {
         let days = |offset: i64| context(&sharing(&at(offset), Some("x"))).deadline_days;
-        assert_eq!(days(3600), Some(0), "later today");
+        assert_eq!(days(3600), Some(0), "within the next 24 hours");
         assert_eq!(days(0), Some(0), "now");
         assert_eq!(days(-1), Some(-1), "a second ago");
         assert_eq!(days(-86_400 * 3), Some(-3));
