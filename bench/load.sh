@@ -331,7 +331,7 @@ fsync = "$AUDIT_FSYNC"
 
 [[clients]]
 id = "bench"
-groups = ["ci"]
+groups = ["admins"]   # the shipped policies let admins grant manage (auth 7)
 api_key_sha256 = "$KEY_SHA256"
 EOF
 

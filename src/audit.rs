@@ -68,6 +68,9 @@ pub struct Reason {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
+    /// The `@id` of the policy this reason is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// One audit record. It has no field for headers or bodies, so a secret has nowhere to go.

@@ -5,17 +5,35 @@ use std::path::Path;
 use crate::config::Config;
 use crate::snapshot::Snapshot;
 
-/// Returns the problems found; empty means the config would start.
-pub fn check(config_path: &Path) -> Vec<String> {
+/// What `check` found. Only problems stop the gateway; warnings are things that load
+/// but are probably not what was meant (a policy naming a group no client is in).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn check(config_path: &Path) -> Report {
     let config = match Config::load(config_path) {
         Ok(config) => config,
-        Err(problem) => return vec![problem],
+        Err(problem) => {
+            return Report {
+                problems: vec![problem],
+                warnings: Vec::new(),
+            }
+        }
     };
     let password = crate::iam::read_password(&config).err();
-    let mut problems = match Snapshot::load(config, None) {
-        Ok(_) => Vec::new(),
-        Err(problems) => problems,
+    let mut report = match Snapshot::load(config, None) {
+        Ok(snapshot) => Report {
+            problems: Vec::new(),
+            warnings: snapshot.policies.warnings().to_vec(),
+        },
+        Err(problems) => Report {
+            problems,
+            warnings: Vec::new(),
+        },
     };
-    problems.extend(password);
-    problems
+    report.problems.extend(password);
+    report
 }

@@ -17,8 +17,15 @@ use crate::crypto::{hex, random_bytes, sha256};
 use crate::emulator::{Emulator, IamStandIn, TokenBook, DEMO_IMAGES};
 
 /// The shipped policy directory, built into the binary so `dev` needs no checkout.
-const POLICY_FILES: [(&str, &str); 4] = [
+const POLICY_FILES: [(&str, &str); 8] = [
     ("routes.toml", include_str!("../policies/routes.toml")),
+    (
+        "swr.cedarschema",
+        include_str!("../policies/swr.cedarschema"),
+    ),
+    ("grants.cedar", include_str!("../policies/grants.cedar")),
+    ("sharing.cedar", include_str!("../policies/sharing.cedar")),
+    ("forward.cedar", include_str!("../policies/forward.cedar")),
     (
         "schemas/create_user_repository_auth.schema.json",
         include_str!("../policies/schemas/create_user_repository_auth.schema.json"),
@@ -127,12 +134,12 @@ path = "audit.jsonl"
 
 [[clients]]
 id = "demo-ci"
-groups = ["ci"]
+groups = ["team-a-ci"]
 api_key_sha256 = "{api_key_hash}"
 
 [[clients]]
 id = "demo-sdk"
-groups = ["release"]
+groups = ["release", "team-a-ci"]
 access_key = "{access_key}"
 secret_key_file = "demo-sk"
 "#,
@@ -196,6 +203,11 @@ print(client.create_user_repository_auth(CreateUserRepositoryAuthRequest(
     namespace="team-a", repository="group/app",
     body=[UserAuth(user_id="{DEMO_USER}", user_name="user01", auth=1)])))
 PY
+
+The shipped policies decide (policies/*.cedar): demo-ci and demo-sdk are in group
+team-a-ci, which grants read (1) and write (3) on team-a; demo-sdk is also in release,
+which shares images with the listed partner accounts for at most 90 days. Send the curl
+example with "auth":7 to see a policy refusal naming the rule that decided it.
 "#
     )
 }

@@ -27,6 +27,7 @@ pub enum ErrorKind {
     TooManyAuthFailures,
     RateLimited,
     RateLimitUnavailable,
+    PolicyDenied,
     UnmatchedRoute,
     BodyTimeout,
     BodyTooLarge,
@@ -51,6 +52,7 @@ impl ErrorKind {
             | Replay
             | MalformedAuthorization
             | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
+            PolicyDenied => StatusCode::FORBIDDEN,
             TooManyAuthFailures | RateLimited => StatusCode::TOO_MANY_REQUESTS,
             UnmatchedRoute => StatusCode::NOT_FOUND,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -82,6 +84,7 @@ impl ErrorKind {
             Replay => "SWR.GATE.4010005",
             MalformedAuthorization => "SWR.GATE.4010006",
             AmbiguousCredentials => "SWR.GATE.4010007",
+            PolicyDenied => "SWR.GATE.4030001",
             UnmatchedRoute => "SWR.GATE.4040001",
             RateLimited => "SWR.GATE.4290001",
             TooManyAuthFailures => "SWR.GATE.4290002",
@@ -118,6 +121,7 @@ impl ErrorKind {
             AmbiguousCredentials => "ambiguous_credentials",
             TooManyAuthFailures => "too_many_failures",
             RateLimited => "rate_limited",
+            PolicyDenied => "policy_denied",
             RateLimitUnavailable => "rate_limit_unavailable",
             UnmatchedRoute => "unmatched_route",
             BodyTimeout => "body_timeout",
@@ -148,6 +152,7 @@ impl ErrorKind {
             | BodyTooLarge | UnsupportedMediaType => "body",
             RateLimited | RateLimitUnavailable => "rate_limit",
             SchemaViolation => "schema",
+            PolicyDenied => "policy",
             UpstreamUnreachable | UpstreamTimeout | NoToken | AuditUnavailable | Internal => {
                 "upstream"
             }
@@ -155,12 +160,16 @@ impl ErrorKind {
     }
 }
 
-/// One violation inside a request body, located by JSON pointer.
+/// One violation inside a request body, located by JSON pointer (`""`: the whole
+/// request), or one policy that denied it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Detail {
     pub pointer: String,
     pub reason: String,
     pub message: String,
+    /// The `@id` of the policy this detail is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// A refusal: what went wrong, said so that a person understands it, and where.

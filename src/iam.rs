@@ -196,7 +196,7 @@ impl TokenSource {
         tracing::warn!(reason = %self.why_not(), "no IAM token to inject");
         let mut error = GateError::new(
             ErrorKind::NoToken,
-            "the gateway holds no IAM token right now; retry shortly",
+            format!("{}; retry shortly", self.headline()),
         );
         if let Some(retry_at) = self.status.borrow().retry_at {
             let wait = retry_at.saturating_duration_since(Instant::now());
@@ -265,12 +265,17 @@ impl TokenSource {
         held.usable(Instant::now()).then(|| held.token.clone())
     }
 
+    /// What is wrong, without why: enough for a client.
+    fn headline(&self) -> &'static str {
+        match self.current.load().is_some() {
+            true => "the gateway's IAM token has expired",
+            false => "the gateway holds no IAM token",
+        }
+    }
+
     fn why_not(&self) -> String {
         let status = self.status.borrow().clone();
-        let what = match self.current.load().is_some() {
-            true => "the IAM token has expired",
-            false => "no IAM token",
-        };
+        let what = self.headline();
         match (status.fetching, status.failure, status.retry_at) {
             (true, _, _) => format!("{what}: a request to IAM is in flight"),
             (false, Some(failure), Some(retry_at)) => format!(

@@ -1,7 +1,7 @@
 //! swr-gate: a policy gateway in front of Huawei Cloud SWR's permission API.
 //!
 //! A request goes through [`pipeline`]: [`route`] → [`auth`] → [`body`] → [`schema`] →
-//! [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`].
+//! [`policy`] → [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`].
 
 pub mod admin;
 pub mod audit;
@@ -13,10 +13,12 @@ pub mod crypto;
 pub mod dev;
 pub mod emulator;
 pub mod error;
+pub mod eval;
 pub mod iam;
 pub mod keygen;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod ratelimit;
 pub mod reload;
 pub mod route;

@@ -40,7 +40,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: std::net::SocketAddr,
     },
-    /// Load and validate the config, schemas and routes; print every problem.
+    /// Load and validate the config, routes, schemas and policies; print every problem
+    /// (exit 1) and every warning (exit 0 when there are only warnings).
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -49,6 +50,33 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Dry-run one request through route, body, schema and policy and print the whole
+    /// decision. Exit 0: it would be forwarded; 1: refused; 2: the config does not load.
+    Eval {
+        #[arg(long)]
+        config: PathBuf,
+        /// A [[clients]] id (or "anonymous" when allow_anonymous is on).
+        #[arg(long)]
+        client: String,
+        #[arg(long)]
+        method: String,
+        /// The request path, as a client sends it (with a query, if any).
+        #[arg(long)]
+        path: String,
+        /// A file holding the request body.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// api_key, aksk, mtls or anonymous (default: api_key, or anonymous for "anonymous").
+        #[arg(long, value_parser = auth_method)]
+        auth_method: Option<swr_gate::auth::AuthMethod>,
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Make a new client credential and print the config lines for it.
     Keygen {
@@ -100,6 +128,18 @@ enum QueryFormat {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run policy test cases and report pass/fail per case. Exit 0: all passed; 1: a
+    /// case failed; 2: the config, policies or a case file do not load.
+    Test {
+        #[arg(long)]
+        config: PathBuf,
+        /// Case files; default: every tests/*.toml of the policy directory.
+        cases: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyKind {
     /// An API key, sent as `Authorization: Bearer KEY` or `X-Api-Key: KEY`.
     ApiKey {
@@ -125,18 +165,41 @@ fn main() -> ExitCode {
             admin_listen,
         } => run(swr_gate::dev::run(listen, admin_listen)),
         Command::Check { config } => {
-            let problems = swr_gate::check::check(&config);
-            if problems.is_empty() {
+            let report = swr_gate::check::check(&config);
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if report.problems.is_empty() {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             } else {
-                for problem in &problems {
+                for problem in &report.problems {
                     eprintln!("error: {problem}");
                 }
                 ExitCode::FAILURE
             }
         }
         Command::Audit { action } => audit(action),
+        Command::Eval {
+            config,
+            client,
+            method,
+            path,
+            body,
+            auth_method,
+            client_ip,
+        } => verdict(swr_gate::eval::eval(&swr_gate::eval::EvalArgs {
+            config,
+            client,
+            method,
+            path,
+            body,
+            auth_method,
+            client_ip,
+        })),
+        Command::Policy {
+            command: PolicyCommand::Test { config, cases },
+        } => verdict(swr_gate::eval::policy_test(&config, &cases)),
         Command::Keygen { kind } => {
             match kind {
                 KeyKind::ApiKey { client } => print!("{}", swr_gate::keygen::api_key(&client)),
@@ -216,6 +279,27 @@ fn run(task: impl std::future::Future<Output = Result<(), String>>) -> ExitCode 
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
     }
+}
+
+/// Exit 0 for a yes, 1 for a no, 2 when the question could not be asked.
+fn verdict(result: Result<(String, bool), String>) -> ExitCode {
+    match result {
+        Ok((report, yes)) => {
+            print!("{report}");
+            ExitCode::from(if yes { 0 } else { 1 })
+        }
+        Err(error) => {
+            for line in error.lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn auth_method(name: &str) -> Result<swr_gate::auth::AuthMethod, String> {
+    swr_gate::policy::auth_method_from_name(name)
+        .ok_or_else(|| format!("{name:?} is not api_key, aksk, mtls or anonymous"))
 }
 
 fn fail(message: &str) -> ExitCode {

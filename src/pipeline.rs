@@ -1,5 +1,5 @@
 //! The request pipeline, in the order the product sentence says it:
-//! route → authenticate → read body → schema → token → forward → audit.
+//! route → authenticate → read body → schema → policy → token → forward → audit.
 //! Each stage lives in its own module; this file only puts them in order and keeps the
 //! account of what happened for the audit record.
 
@@ -19,19 +19,17 @@ use tracing::Instrument;
 use crate::audit::{self, AuditLog, Decision, Record, Stage};
 use crate::auth::{self, FailureLimiter, Identity, PeerCertificate, Presented, ReplayGuard};
 use crate::body;
-use crate::config::{OnFailure, Unmatched};
+use crate::config::{OnFailure, PolicyMode, Unmatched};
 use crate::crypto::{hex, random_bytes};
 use crate::error::{rate_limit_headers, ErrorKind, GateError};
 use crate::iam::{Token, TokenSource};
 use crate::metrics::{Metrics, Observation};
+use crate::policy;
 use crate::route::{Resolved, Target};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, UpstreamBody};
 
 pub type GateBody = UpstreamBody;
-
-/// The operation name of requests that match no guarded route but are forwarded.
-pub const FORWARD: &str = "forward";
 
 /// The running gateway: the current snapshot and the parts that outlive reloads.
 pub struct Gate {
@@ -125,7 +123,7 @@ async fn process(
     let identity = authenticate(gate, snapshot, peer, exchange, &parts, &mut body, guarded).await?;
     exchange.identity = Some(identity.clone());
 
-    let operation = exchange.operation.as_deref().unwrap_or(FORWARD);
+    let operation = exchange.operation.as_deref().unwrap_or(policy::FORWARD);
     let applied = snapshot
         .rate_limits
         .check(&identity, exchange.client_ip, operation)
@@ -148,15 +146,16 @@ async fn process(
             let document = body::parse_strict(&bytes)?;
             exchange.describe(&document);
 
+            let operation = &snapshot.routes.route(route).operation;
             let violations = snapshot.schemas[route].validate(&document);
             if !violations.is_empty() {
-                let operation = &snapshot.routes.route(route).operation;
                 return Err(GateError::new(
                     ErrorKind::SchemaViolation,
                     format!("request body does not match the schema of {operation}"),
                 )
                 .with_details(violations));
             }
+            decide(snapshot, exchange, operation, Some(&document))?;
 
             let token = gate.tokens.current().await?;
             exchange.decision = Decision::Allow;
@@ -174,6 +173,7 @@ async fn process(
             .await
         }
         Resolved::Unmatched { path_and_query } => {
+            decide(snapshot, exchange, policy::FORWARD, None)?;
             let token = gate.tokens.current().await?;
             exchange.decision = Decision::Allow;
             forward(
@@ -236,6 +236,65 @@ async fn authenticate(
         gate.auth_failures.record_failure(exchange.client_ip, now);
     }
     result
+}
+
+/// Ask the policy. A denial is the answer, unless `mode = "dry-run"`: then the request
+/// goes on and its audit record says what would have happened.
+fn decide(
+    snapshot: &Snapshot,
+    exchange: &mut Exchange,
+    action: &str,
+    body: Option<&Value>,
+) -> Result<(), GateError> {
+    let Some(identity) = exchange.identity.clone() else {
+        return Err(GateError::new(
+            ErrorKind::Internal,
+            "the policy was asked before authentication",
+        ));
+    };
+    let context = policy::Context::new(
+        &exchange.target,
+        body,
+        exchange.client_ip,
+        identity.method,
+        SystemTime::now(),
+    )?;
+    let query = policy::Query {
+        client: &identity.client.id,
+        groups: &identity.client.groups,
+        action,
+        context: &context,
+    };
+    let decision = snapshot.policies.decide(&query)?;
+    exchange.policies = decision.audit_ids();
+    for error in &decision.errors {
+        tracing::warn!(request_id = %exchange.request_id, policy = %error.id, error = %error.message, "policy could not be evaluated");
+    }
+    if !decision.shadow.is_empty() {
+        let shadow: Vec<&str> = decision.shadow.iter().map(|s| s.id.as_str()).collect();
+        tracing::info!(
+            request_id = %exchange.request_id,
+            client = %identity.client.id,
+            action,
+            shadow = ?shadow,
+            allowed = decision.allowed,
+            allowed_with_shadow = decision.allowed_with_shadow(),
+            "shadow policies matched"
+        );
+    }
+    if decision.allowed {
+        return Ok(());
+    }
+    let refusal = snapshot.policies.refusal(&query, &decision);
+    match snapshot.config.policy.mode {
+        PolicyMode::Enforce => Err(refusal),
+        PolicyMode::DryRun => {
+            tracing::warn!(request_id = %exchange.request_id, client = %identity.client.id, action, "{}; forwarded anyway (policy mode dry-run)", refusal.message);
+            exchange.dry_run = true;
+            exchange.would_deny = Some(refusal);
+            Ok(())
+        }
+    }
 }
 
 fn full(bytes: Bytes) -> GateBody {
@@ -393,6 +452,11 @@ struct Exchange {
     sharing: Option<audit::Sharing>,
     decision: Decision,
     error: Option<GateError>,
+    /// The policies that decided, and `shadow:<id>` for shadow policies that matched.
+    policies: Vec<String>,
+    /// Set when `mode = "dry-run"` let through a request the policy denies.
+    dry_run: bool,
+    would_deny: Option<GateError>,
     status: Option<u16>,
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
@@ -427,6 +491,9 @@ impl Exchange {
             sharing: None,
             decision: Decision::Error,
             error: None,
+            policies: Vec::new(),
+            dry_run: false,
+            would_deny: None,
             status: None,
             upstream_status: None,
             upstream_ms: None,
@@ -484,7 +551,7 @@ impl Exchange {
     fn observation(&self) -> Observation<'_> {
         let operation = match (&self.operation, self.upstream_status.is_some()) {
             (Some(operation), _) => operation.as_str(),
-            (None, true) => FORWARD,
+            (None, true) => policy::FORWARD,
             (None, false) => "unmatched",
         };
         Observation {
@@ -500,28 +567,10 @@ impl Exchange {
     }
 
     fn record(&self, stage: Stage) -> Record {
-        let (denied_by, mut reasons) = match &self.error {
-            None => (None, Vec::new()),
-            Some(error) => {
-                let mut reasons: Vec<audit::Reason> = error
-                    .details
-                    .iter()
-                    .map(|d| audit::Reason {
-                        code: error.kind.code(),
-                        message: d.message.clone(),
-                        pointer: Some(d.pointer.clone()),
-                    })
-                    .collect();
-                reasons.insert(
-                    0,
-                    audit::Reason {
-                        code: error.kind.code(),
-                        message: error.message.clone(),
-                        pointer: None,
-                    },
-                );
-                (Some(error.kind.stage()), reasons)
-            }
+        let (denied_by, mut reasons) = match (&self.error, &self.would_deny) {
+            (Some(error), _) => (Some(error.kind.stage()), reasons(error)),
+            (None, Some(would_deny)) => (None, reasons(would_deny)),
+            (None, None) => (None, Vec::new()),
         };
         reasons.extend(self.notes.iter().cloned());
         Record {
@@ -542,14 +591,32 @@ impl Exchange {
             decision: self.decision,
             denied_by,
             reasons,
-            policies: Vec::new(),
-            dry_run: false,
+            policies: self.policies.clone(),
+            dry_run: self.dry_run,
             status: self.status,
             upstream_status: self.upstream_status,
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             upstream_ms: self.upstream_ms,
         }
     }
+}
+
+/// An error as audit reasons: its message, then each detail.
+fn reasons(error: &GateError) -> Vec<audit::Reason> {
+    let first = audit::Reason {
+        code: error.kind.code(),
+        message: error.message.clone(),
+        pointer: None,
+        policy: None,
+    };
+    std::iter::once(first)
+        .chain(error.details.iter().map(|d| audit::Reason {
+            code: error.kind.code(),
+            message: d.message.clone(),
+            pointer: Some(d.pointer.clone()),
+            policy: d.policy.clone(),
+        }))
+        .collect()
 }
 
 fn text(value: &Value, key: &str) -> String {

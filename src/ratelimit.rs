@@ -221,6 +221,7 @@ impl RateLimits {
                             limit.spec.id
                         ),
                         pointer: None,
+                        policy: None,
                     });
                 }
             }

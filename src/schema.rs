@@ -44,6 +44,7 @@ impl Schema {
                 pointer: error.instance_path.to_string(),
                 reason: keyword(&error.schema_path),
                 message: error.to_string(),
+                policy: None,
             })
             .collect()
     }

@@ -44,6 +44,9 @@ pub async fn serve_then(
 ) -> Result<(), String> {
     let config = Config::load(config_path)?;
     let snapshot = Snapshot::load(config, None).map_err(|problems| problems.join("\n"))?;
+    for warning in snapshot.policies.warnings() {
+        tracing::warn!("{warning}");
+    }
     let config = &snapshot.config;
     let tokens = Arc::new(TokenSource::from_config(config)?);
     tokens.spawn_refresher();

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Clients;
 use crate::config::{ClientAuth, Config, ServerTls};
+use crate::policy::{Known, Policies};
 use crate::ratelimit::RateLimits;
 use crate::route::{Route, RouteFile, RouteTable};
 use crate::schema::Schema;
@@ -22,6 +23,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// One compiled schema per route, in route-table order.
     pub schemas: Vec<Schema>,
+    pub policies: Policies,
     pub clients: Clients,
     pub upstream: Upstream,
     /// Present when `[server.tls]` is configured; new connections use the current one,
@@ -36,17 +38,7 @@ impl Snapshot {
     /// a reload (rate-limit buckets) is carried over from `previous`.
     pub fn load(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
         let mut problems = config.problems();
-        let policy_dir = config.resolve(&config.policy.dir);
-        let (routes, schemas) = match load_routes(&policy_dir) {
-            Ok(routes) => {
-                let schemas = load_schemas(&policy_dir, &routes, &mut problems);
-                (routes, schemas)
-            }
-            Err(error) => {
-                problems.push(error);
-                (RouteTable::default(), Vec::new())
-            }
-        };
+        let rules = Rules::load(&config).map_err(|p| problems.extend(p)).ok();
         let clients = Clients::from_config(&config)
             .map_err(|p| problems.extend(p))
             .ok();
@@ -60,26 +52,30 @@ impl Snapshot {
                 .map(Some),
             None => Some(None),
         };
-        let operations: Vec<&str> = routes
-            .routes()
-            .iter()
-            .map(|r| r.operation.as_str())
-            .collect();
-        let rate_limits = RateLimits::build(
-            &config.rate_limits,
-            &operations,
-            previous.map(|p| &p.rate_limits),
-        )
-        .map_err(|p| problems.extend(p))
-        .ok();
-        match (clients, upstream, tls, rate_limits) {
-            (Some(clients), Some(upstream), Some(tls), Some(rate_limits))
+        let rate_limits = rules.as_ref().and_then(|rules| {
+            let operations: Vec<&str> = rules
+                .routes
+                .routes()
+                .iter()
+                .map(|r| r.operation.as_str())
+                .collect();
+            RateLimits::build(
+                &config.rate_limits,
+                &operations,
+                previous.map(|p| &p.rate_limits),
+            )
+            .map_err(|p| problems.extend(p))
+            .ok()
+        });
+        match (rules, clients, upstream, tls, rate_limits) {
+            (Some(rules), Some(clients), Some(upstream), Some(tls), Some(rate_limits))
                 if problems.is_empty() =>
             {
                 Ok(Snapshot {
                     config,
-                    routes,
-                    schemas,
+                    routes: rules.routes,
+                    schemas: rules.schemas,
+                    policies: rules.policies,
                     clients,
                     upstream,
                     tls,
@@ -87,6 +83,54 @@ impl Snapshot {
                 })
             }
             _ => Err(problems),
+        }
+    }
+}
+
+/// What decides a request: the routes, their schemas and the policies. Loading it needs
+/// no secret, certificate or network, so `eval` and `policy test` load only this.
+pub struct Rules {
+    pub routes: RouteTable,
+    pub schemas: Vec<Schema>,
+    pub policies: Policies,
+}
+
+impl Rules {
+    pub fn load(config: &Config) -> Result<Rules, Vec<String>> {
+        let mut problems = Vec::new();
+        let policy_dir = config.resolve(&config.policy.dir);
+        let routes = load_routes(&policy_dir).unwrap_or_else(|error| {
+            problems.push(error);
+            RouteTable::default()
+        });
+        let schemas = load_schemas(&policy_dir, &routes, &mut problems);
+        let mut known = Known {
+            clients: config.clients.iter().map(|c| c.id.clone()).collect(),
+            groups: config
+                .clients
+                .iter()
+                .flat_map(|c| c.groups.iter().cloned())
+                .collect(),
+            operations: routes
+                .routes()
+                .iter()
+                .map(|r| r.operation.clone())
+                .collect(),
+        };
+        if config.auth.allow_anonymous {
+            known.clients.push("anonymous".into());
+        }
+        match Policies::load(&policy_dir, &known) {
+            Ok(policies) if problems.is_empty() => Ok(Rules {
+                routes,
+                schemas,
+                policies,
+            }),
+            Ok(_) => Err(problems),
+            Err(more) => {
+                problems.extend(more);
+                Err(problems)
+            }
         }
     }
 }

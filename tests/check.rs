@@ -21,7 +21,12 @@ fn check(config: &Path) -> (bool, String) {
 fn copy_policies(to: &Path) {
     let from = common::policy_dir();
     std::fs::create_dir_all(to.join("schemas")).unwrap();
-    std::fs::copy(from.join("routes.toml"), to.join("routes.toml")).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
     for entry in std::fs::read_dir(from.join("schemas")).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join("schemas").join(entry.file_name())).unwrap();
@@ -83,8 +88,10 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
         "{\n  \"type\": \n",
     )
     .unwrap();
-    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "")
-        .replace(&common::policy_dir().display().to_string(), "policies");
+    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "").replace(
+        &common::allow_all_policy_dir().display().to_string(),
+        "policies",
+    );
     let path = dir.path().join("gate.toml");
     std::fs::write(&path, text).unwrap();
     let (ok, output) = check(&path);

@@ -356,8 +356,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The shipped policy directory.
 pub fn policy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// The shipped routes and schemas with a policy that allows everything: the directory
+/// of the tests that are not about policy.
+pub fn allow_all_policy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policies")
 }
 
 /// A running `swr-gate serve`, killed when dropped.
@@ -403,7 +410,7 @@ groups = ["release"]
 api_key_sha256 = "{release}"
 {extra}
 "#,
-        policies = policy_dir().display(),
+        policies = allow_all_policy_dir().display(),
         ci = sha256_hex(API_KEY.as_bytes()),
         release = sha256_hex(OTHER_API_KEY.as_bytes()),
     )

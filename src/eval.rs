@@ -1,0 +1,581 @@
+//! `swr-gate eval` and `swr-gate policy test`: one request through route, body, schema
+//! and policy, as the gateway would decide it, with no network and no credentials.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::auth::AuthMethod;
+use crate::body;
+use crate::config::{Config, PolicyMode, Unmatched};
+use crate::error::{ErrorKind, GateError};
+use crate::policy::{self, Context, Decision, Query};
+use crate::route::{Resolved, Target};
+use crate::snapshot::Rules;
+
+/// What is being asked, by whom.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    pub client: String,
+    pub groups: Vec<String>,
+    pub auth_method: AuthMethod,
+    pub client_ip: IpAddr,
+    pub asked: Asked,
+    pub body: Option<Body>,
+    pub now: SystemTime,
+}
+
+/// The request: as sent (routed like any other), or an operation and its names directly.
+#[derive(Debug, Clone)]
+pub enum Asked {
+    Path { method: String, path: String },
+    Operation { operation: String, target: Target },
+}
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Bytes as a client sends them, parsed strictly.
+    Raw(Vec<u8>),
+    /// An already parsed document.
+    Document(Value),
+}
+
+/// How one request fared.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What `eval` prints, stage by stage.
+    pub report: String,
+    /// The policy's decision, when the request got that far.
+    pub decision: Option<Decision>,
+    /// What the client would get instead of SWR's answer; `None`: forwarded.
+    pub refusal: Option<GateError>,
+}
+
+/// Run a trial through the same stages as the pipeline. `Err` when the trial itself is
+/// wrong (an operation the route table does not have).
+pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, String> {
+    let mut report = String::new();
+    let _ = match &trial.asked {
+        Asked::Path { method, path } => writeln!(report, "request   {method} {path}"),
+        Asked::Operation { operation, .. } => writeln!(report, "request   {operation}"),
+    };
+    let _ = writeln!(
+        report,
+        "client    {}  groups [{}]  auth_method {}  client_ip {}",
+        trial.client,
+        trial.groups.join(", "),
+        policy::auth_method_name(trial.auth_method),
+        trial.client_ip
+    );
+    let refused = |mut report: String, error: GateError| {
+        let _ = writeln!(report, "answer    {}", answer_line(&error));
+        Ok(Outcome {
+            report,
+            decision: None,
+            refusal: Some(error),
+        })
+    };
+
+    let (action, route, target) = match &trial.asked {
+        Asked::Path { method, path } => {
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("{method:?} is not an HTTP method"))?;
+            let (path, query) = match path.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (path.as_str(), None),
+            };
+            match rules.routes.resolve(&method, path, query) {
+                Err(error) => {
+                    let _ = writeln!(report, "route     refused");
+                    return refused(report, error);
+                }
+                Ok(Resolved::Guarded { route, target, .. }) => {
+                    let operation = rules.routes.route(route).operation.clone();
+                    (operation, Some(route), target)
+                }
+                Ok(Resolved::Unmatched { .. })
+                    if config.upstream.unmatched == Unmatched::Reject =>
+                {
+                    let _ = writeln!(
+                        report,
+                        "route     no guarded route; [upstream] unmatched = \"reject\""
+                    );
+                    let error = GateError::new(
+                        ErrorKind::UnmatchedRoute,
+                        format!("{method} {path} is not an operation this gateway serves"),
+                    );
+                    return refused(report, error);
+                }
+                Ok(Resolved::Unmatched { .. }) => {
+                    (policy::FORWARD.to_owned(), None, Target::default())
+                }
+            }
+        }
+        Asked::Operation { operation, target } if operation == policy::FORWARD => {
+            (operation.clone(), None, target.clone())
+        }
+        Asked::Operation { operation, target } => {
+            let route = rules
+                .routes
+                .routes()
+                .iter()
+                .position(|r| &r.operation == operation)
+                .ok_or_else(|| format!("routes.toml has no operation {operation:?}"))?;
+            (operation.clone(), Some(route), target.clone())
+        }
+    };
+    let _ = writeln!(report, "route     {action}{}", names(&target));
+
+    let document = match route {
+        None => None,
+        Some(route) => {
+            let document = match &trial.body {
+                Some(Body::Document(value)) => Ok(value.clone()),
+                Some(Body::Raw(bytes)) => body::parse_strict(bytes),
+                None => body::parse_strict(b""),
+            };
+            let document = match document {
+                Ok(document) => document,
+                Err(error) => {
+                    let _ = writeln!(report, "body      refused");
+                    return refused(report, error);
+                }
+            };
+            let violations = rules.schemas[route].validate(&document);
+            if !violations.is_empty() {
+                let _ = writeln!(report, "schema    {} violation(s)", violations.len());
+                for v in &violations {
+                    let _ = writeln!(
+                        report,
+                        "  {:<10} {:<10} {}",
+                        display_pointer(&v.pointer),
+                        v.reason,
+                        v.message
+                    );
+                }
+                let error = GateError::new(
+                    ErrorKind::SchemaViolation,
+                    format!("request body does not match the schema of {action}"),
+                )
+                .with_details(violations);
+                return refused(report, error);
+            }
+            let _ = writeln!(report, "schema    ok");
+            Some(document)
+        }
+    };
+
+    let context = match Context::new(
+        &target,
+        document.as_ref(),
+        trial.client_ip,
+        trial.auth_method,
+        trial.now,
+    ) {
+        Ok(context) => context,
+        Err(error) => {
+            let _ = writeln!(report, "policy    cannot read the body");
+            return refused(report, error);
+        }
+    };
+    let query = Query {
+        client: &trial.client,
+        groups: &trial.groups,
+        action: &action,
+        context: &context,
+    };
+    let decision = match rules.policies.decide(&query) {
+        Ok(decision) => decision,
+        Err(error) => return refused(report, error),
+    };
+    let mode = match config.policy.mode {
+        PolicyMode::Enforce => "enforce",
+        PolicyMode::DryRun => "dry-run",
+    };
+    let verdict = if decision.allowed { "allow" } else { "deny" };
+    let _ = writeln!(report, "policy    {verdict} (mode {mode})");
+    let deciding = match decision.deciding.is_empty() {
+        true if decision.allowed => vec!["(none)".to_owned()],
+        true => vec!["(none: no permit matched)".to_owned()],
+        false => decision
+            .deciding
+            .iter()
+            .map(|id| about(rules, id))
+            .collect(),
+    };
+    let _ = writeln!(report, "  deciding  {}", deciding.join("\n            "));
+    let shadow: Vec<String> = decision
+        .shadow
+        .iter()
+        .map(|s| {
+            format!(
+                "{} ({})",
+                about(rules, &s.id),
+                if s.forbid { "forbid" } else { "permit" }
+            )
+        })
+        .collect();
+    match shadow.is_empty() {
+        true => {
+            let _ = writeln!(report, "  shadow    (none matched)");
+        }
+        false => {
+            let _ = writeln!(report, "  shadow    {}", shadow.join("\n            "));
+            let with = if decision.allowed_with_shadow() {
+                "allow"
+            } else {
+                "deny"
+            };
+            let _ = writeln!(
+                report,
+                "            with the shadow policies enforced: {with}"
+            );
+        }
+    }
+    for error in &decision.errors {
+        let _ = writeln!(report, "  error     {}: {}", error.id, error.message);
+    }
+    let _ = writeln!(report, "  context");
+    if let Ok(Value::Object(fields)) = serde_json::to_value(&context) {
+        for (name, value) in fields {
+            let value = match value {
+                Value::Null => "absent".to_owned(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(report, "    {name:<17} {value}");
+        }
+    }
+
+    let mut refusal = None;
+    if decision.allowed {
+        let _ = writeln!(report, "answer    forwarded to SWR");
+    } else {
+        let error = rules.policies.refusal(&query, &decision);
+        match config.policy.mode {
+            PolicyMode::Enforce => {
+                let _ = writeln!(report, "answer    {}", answer_line(&error));
+                refusal = Some(error);
+            }
+            PolicyMode::DryRun => {
+                let _ = writeln!(
+                    report,
+                    "answer    forwarded to SWR (dry-run; enforced, it would be {})",
+                    answer_line(&error)
+                );
+            }
+        }
+    }
+    Ok(Outcome {
+        report,
+        decision: Some(decision),
+        refusal,
+    })
+}
+
+fn names(target: &Target) -> String {
+    let mut text = String::new();
+    for (name, value) in [
+        ("namespace", &target.namespace),
+        ("repository", &target.repository),
+        ("access_domain", &target.access_domain),
+    ] {
+        if let Some(value) = value {
+            let _ = write!(text, "  {name} {value}");
+        }
+    }
+    text
+}
+
+fn display_pointer(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "/"
+    } else {
+        pointer
+    }
+}
+
+fn about(rules: &Rules, id: &str) -> String {
+    match rules.policies.describe(id) {
+        Some((place, Some(message))) => format!("{id}  {place}  {message}"),
+        Some((place, None)) => format!("{id}  {place}"),
+        None => id.to_owned(),
+    }
+}
+
+fn answer_line(error: &GateError) -> String {
+    format!(
+        "{} {} {}",
+        error.kind.status().as_u16(),
+        error.kind.code(),
+        error.message
+    )
+}
+
+/// Load the config and what decides requests, never the secrets or certificates.
+fn load(config_path: &Path) -> Result<(Config, Rules), String> {
+    let config = Config::load(config_path)?;
+    let rules = Rules::load(&config).map_err(|problems| problems.join("\n"))?;
+    Ok((config, rules))
+}
+
+/// The groups of a configured client (`anonymous`: none, when anonymous access is on).
+fn configured_groups(config: &Config, client: &str) -> Option<Vec<String>> {
+    if client == "anonymous" && config.auth.allow_anonymous {
+        return Some(Vec::new());
+    }
+    config
+        .clients
+        .iter()
+        .find(|c| c.id == client)
+        .map(|c| c.groups.clone())
+}
+
+/// `swr-gate eval`'s arguments.
+#[derive(Debug, Clone)]
+pub struct EvalArgs {
+    pub config: PathBuf,
+    pub client: String,
+    pub method: String,
+    pub path: String,
+    pub body: Option<PathBuf>,
+    pub auth_method: Option<AuthMethod>,
+    pub client_ip: IpAddr,
+}
+
+/// The full decision for one request, as text. `Ok((report, forwarded))`; `Err` for a
+/// config that does not load or arguments that make no sense.
+pub fn eval(args: &EvalArgs) -> Result<(String, bool), String> {
+    let (config, rules) = load(&args.config)?;
+    let groups = configured_groups(&config, &args.client).ok_or_else(|| {
+        format!(
+            "{}: no [[clients]] entry has id {:?}",
+            args.config.display(),
+            args.client
+        )
+    })?;
+    let body = match &args.body {
+        Some(path) => Some(Body::Raw(
+            std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    let anonymous = args.client == "anonymous";
+    let trial = Trial {
+        client: args.client.clone(),
+        groups,
+        auth_method: match (args.auth_method, anonymous) {
+            (Some(method), _) => method,
+            (None, true) => AuthMethod::Anonymous,
+            (None, false) => AuthMethod::ApiKey,
+        },
+        client_ip: args.client_ip,
+        asked: Asked::Path {
+            method: args.method.clone(),
+            path: args.path.clone(),
+        },
+        body,
+        now: SystemTime::now(),
+    };
+    let outcome = run(&config, &rules, &trial)?;
+    Ok((outcome.report, outcome.refusal.is_none()))
+}
+
+/// A file of policy test cases (`policies/tests/*.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    /// The time every case of the file is decided at (RFC 3339), so deadlines are fixed.
+    now: Option<String>,
+    #[serde(default)]
+    case: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    client: String,
+    /// The client's groups; without it, those of the [[clients]] entry.
+    groups: Option<Vec<String>>,
+    auth_method: Option<String>,
+    client_ip: Option<IpAddr>,
+    now: Option<String>,
+    operation: Option<String>,
+    namespace: Option<String>,
+    repository: Option<String>,
+    access_domain: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    /// A JSON document as TOML (table or array), or JSON text in a string.
+    body: Option<toml::Value>,
+    expect: Expect,
+    /// The deciding policies, exactly (in any order).
+    policies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Expect {
+    Allow,
+    Deny,
+}
+
+/// Run test cases: the files given, or every `tests/*.toml` of the policy directory.
+/// `Ok((report, all passed))`; `Err` when the config, the policies or a case file do not load.
+pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, bool), String> {
+    let (config, rules) = load(config_path)?;
+    let files = match files {
+        [] => {
+            let dir = config.resolve(&config.policy.dir).join("tests");
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+                .collect();
+            found.sort();
+            found
+        }
+        given => given.to_vec(),
+    };
+    let mut report = String::new();
+    let (mut passed, mut failed) = (0, 0);
+    for path in &files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: CaseFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        for case in &file.case {
+            match check_case(&config, &rules, file.now.as_deref(), case) {
+                Ok(()) => {
+                    passed += 1;
+                    let _ = writeln!(report, "pass  {name}: {}", case.name);
+                }
+                Err(why) => {
+                    failed += 1;
+                    let _ = writeln!(report, "FAIL  {name}: {}: {why}", case.name);
+                }
+            }
+        }
+    }
+    let _ = writeln!(report, "{passed} passed, {failed} failed");
+    Ok((report, failed == 0 && passed > 0))
+}
+
+fn check_case(
+    config: &Config,
+    rules: &Rules,
+    file_now: Option<&str>,
+    case: &Case,
+) -> Result<(), String> {
+    let trial = trial_of(config, file_now, case)?;
+    let outcome = run(config, rules, &trial)?;
+    let Some(decision) = &outcome.decision else {
+        let refusal = outcome.refusal.map(|e| answer_line(&e)).unwrap_or_default();
+        return Err(format!("refused before the policy: {refusal}"));
+    };
+    let got = if decision.allowed {
+        Expect::Allow
+    } else {
+        Expect::Deny
+    };
+    let ids = |ids: &[String]| match ids {
+        [] => "no policy".to_owned(),
+        ids => ids.join(", "),
+    };
+    if got != case.expect {
+        return Err(format!(
+            "expected {}, got {} by {}",
+            verdict(case.expect),
+            verdict(got),
+            ids(&decision.deciding)
+        ));
+    }
+    if let Some(expected) = &case.policies {
+        let mut expected = expected.clone();
+        expected.sort();
+        if expected != decision.deciding {
+            return Err(format!(
+                "{} as expected, but by {} rather than {}",
+                verdict(got),
+                ids(&decision.deciding),
+                ids(&expected)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn verdict(expect: Expect) -> &'static str {
+    match expect {
+        Expect::Allow => "allow",
+        Expect::Deny => "deny",
+    }
+}
+
+fn trial_of(config: &Config, file_now: Option<&str>, case: &Case) -> Result<Trial, String> {
+    let groups = match &case.groups {
+        Some(groups) => groups.clone(),
+        None => configured_groups(config, &case.client).ok_or_else(|| {
+            format!(
+                "client {:?} is not in [[clients]]: give its groups",
+                case.client
+            )
+        })?,
+    };
+    let auth_method = match case.auth_method.as_deref() {
+        Some(name) => policy::auth_method_from_name(name).ok_or_else(|| {
+            format!("auth_method {name:?} is not api_key, aksk, mtls or anonymous")
+        })?,
+        None if case.client == "anonymous" => AuthMethod::Anonymous,
+        None => AuthMethod::ApiKey,
+    };
+    let now = match case.now.as_deref().or(file_now) {
+        Some(text) => policy::parse_rfc3339(text)
+            .and_then(|secs| u64::try_from(secs).ok())
+            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+            .ok_or_else(|| format!("now = {text:?} is not an RFC 3339 time after 1970"))?,
+        None => SystemTime::now(),
+    };
+    let asked = match (&case.operation, &case.method, &case.path) {
+        (Some(operation), None, None) => Asked::Operation {
+            operation: operation.clone(),
+            target: Target {
+                namespace: case.namespace.clone(),
+                repository: case.repository.clone(),
+                access_domain: case.access_domain.clone(),
+            },
+        },
+        (None, Some(method), Some(path)) => Asked::Path {
+            method: method.clone(),
+            path: path.clone(),
+        },
+        _ => return Err(
+            "give either operation (with namespace, repository, access_domain) or method and path"
+                .into(),
+        ),
+    };
+    let body = match &case.body {
+        None => None,
+        Some(toml::Value::String(json)) => Some(Body::Raw(json.clone().into_bytes())),
+        Some(value) => Some(Body::Document(
+            serde_json::to_value(value).map_err(|e| format!("body: {e}"))?,
+        )),
+    };
+    Ok(Trial {
+        client: case.client.clone(),
+        groups,
+        auth_method,
+        client_ip: case.client_ip.unwrap_or_else(|| [127, 0, 0, 1].into()),
+        asked,
+        body,
+        now,
+    })
+}
