@@ -10,7 +10,7 @@ pub mod review;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Records waiting for the writer before senders have to wait.
 const QUEUE: usize = 4096;
 
-/// How long a record may sit written but not fsync'd under `fsync = "batch"`.
+/// Under `fsync = "batch"`, the least time between two syncs: a record is on disk
+/// within about this long plus one sync.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// How often the writer looks whether its file was moved away without a SIGHUP.
@@ -168,7 +169,8 @@ impl Chain {
 }
 
 enum Job {
-    Record(Box<Record>, oneshot::Sender<io::Result<()>>),
+    /// A record, and whom to tell once it is in the file (nobody for `submit`).
+    Record(Box<Record>, Option<oneshot::Sender<io::Result<()>>>),
     /// Sync everything written so far (shutdown).
     Flush(oneshot::Sender<io::Result<()>>),
     /// Open the path anew (SIGHUP after logrotate moved the file away).
@@ -179,8 +181,16 @@ enum Job {
 #[derive(Clone)]
 pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
-    /// Whether the last write succeeded, for /readyz.
-    writable: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// What the writer tells the rest of the gateway: /readyz and /metrics read it.
+#[derive(Debug)]
+pub struct Health {
+    /// Whether the last write succeeded.
+    pub writable: AtomicBool,
+    /// Records that could not be written since start.
+    pub failures: AtomicU64,
 }
 
 impl AuditLog {
@@ -196,34 +206,53 @@ impl AuditLog {
         let mut sink = Sink::open(&path)?;
         let prev = sink.last_hash(&chain)?;
         let (jobs, queue) = mpsc::channel(QUEUE);
+        let health = Arc::new(Health {
+            writable: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+        });
+        let syncer = match config.audit.fsync {
+            Fsync::Batch => Some(Syncer::start()?),
+            Fsync::Always | Fsync::Never => None,
+        };
         let writer = Writer {
             sink,
             chain,
             prev,
             fsync: config.audit.fsync,
-            unsynced_since: None,
+            syncer,
+            health: health.clone(),
             last_rotation_check: Instant::now(),
         };
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok(AuditLog {
-            jobs,
-            writable: Arc::new(AtomicBool::new(true)),
-        })
+        Ok(AuditLog { jobs, health })
     }
 
     /// Write one record; returns once it is in the file (and on disk with `fsync = "always"`).
     pub async fn write(&self, record: Record) -> io::Result<()> {
-        let result = self.ask(|done| Job::Record(Box::new(record), done)).await;
-        self.writable.store(result.is_ok(), Ordering::Relaxed);
-        result
+        self.ask(|done| Job::Record(Box::new(record), Some(done)))
+            .await
+    }
+
+    /// Queue one record without waiting for the disk: for records nothing depends on
+    /// (the `completed` one, after the answer is known). It is written before anything
+    /// queued after it, a flush included, so a graceful shutdown loses none.
+    pub async fn submit(&self, record: Record) -> io::Result<()> {
+        self.jobs
+            .send(Job::Record(Box::new(record), None))
+            .await
+            .map_err(|_| io::Error::other("the audit writer has stopped"))
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Whether the last record could be written.
     pub fn is_writable(&self) -> bool {
-        self.writable.load(Ordering::Relaxed)
+        self.health.writable.load(Ordering::Relaxed)
     }
 
     /// Everything written so far, synced to disk.
@@ -257,9 +286,24 @@ pub fn hmac_key(var: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Remove the `written` bytes a failed append left at the end of the file (we are its
+/// only writer, and it is opened for appending).
+fn cut_back(file: &File, written: usize, error: io::Error) -> io::Error {
+    if written > 0 {
+        if let Ok(metadata) = file.metadata() {
+            let _ = file.set_len(metadata.len().saturating_sub(written as u64));
+        }
+    }
+    error
+}
+
 enum Sink {
     Stdout,
-    File { file: File, path: PathBuf },
+    /// Shared with the background syncer under `fsync = "batch"`.
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+    },
 }
 
 impl Sink {
@@ -274,7 +318,7 @@ impl Sink {
             .open(path)
             .map_err(|e| format!("[audit] path {}: {e}", path.display()))?;
         Ok(Sink::File {
-            file,
+            file: Arc::new(file),
             path: path.to_path_buf(),
         })
     }
@@ -286,6 +330,7 @@ impl Sink {
         let Sink::File { file, path } = self else {
             return Ok(GENESIS.into());
         };
+        let mut file: &File = file;
         let metadata = file.metadata().map_err(|e| e.to_string())?;
         if !metadata.is_file() {
             return Ok(GENESIS.into());
@@ -323,12 +368,19 @@ impl Sink {
                 out.flush()
             }
             Sink::File { file, .. } => {
-                let before = file.metadata()?.len();
-                let result = file.write_all(bytes);
-                if result.is_err() {
-                    let _ = file.set_len(before);
+                let mut file: &File = file;
+                let mut written = 0;
+                while written < bytes.len() {
+                    match file.write(&bytes[written..]) {
+                        Ok(0) => {
+                            return Err(cut_back(file, written, io::ErrorKind::WriteZero.into()))
+                        }
+                        Ok(n) => written += n,
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => return Err(cut_back(file, written, error)),
+                    }
                 }
-                result
+                Ok(())
             }
         }
     }
@@ -371,14 +423,49 @@ struct Writer {
     /// Hash of the last record written: the next record's `prev`.
     prev: String,
     fsync: Fsync,
-    unsynced_since: Option<Instant>,
+    /// Under `fsync = "batch"`: syncs in the background, so appends never wait for it.
+    syncer: Option<Syncer>,
+    health: Arc<Health>,
     last_rotation_check: Instant,
+}
+
+/// A thread that fsyncs the audit file whenever asked. A request made while a sync is
+/// queued but not started is covered by it, so requests coalesce into group commits.
+struct Syncer {
+    asks: std::sync::mpsc::SyncSender<Arc<File>>,
+}
+
+impl Syncer {
+    fn start() -> Result<Syncer, String> {
+        let (asks, pending) = std::sync::mpsc::sync_channel::<Arc<File>>(1);
+        std::thread::Builder::new()
+            .name("audit-fsync".into())
+            .spawn(move || {
+                for file in pending {
+                    if let Err(error) = file.sync_data() {
+                        tracing::error!(%error, "audit fsync failed");
+                    }
+                    // At most one sync per window: under load each covers many records
+                    // instead of the disk being kept busy with one sync after another.
+                    std::thread::sleep(BATCH_WINDOW);
+                }
+            })
+            .map_err(|e| format!("cannot start the audit fsync thread: {e}"))?;
+        Ok(Syncer { asks })
+    }
+
+    fn ask(&self, sink: &Sink) {
+        if let Sink::File { file, .. } = sink {
+            // Full means a sync is queued and not started: it covers this write too.
+            let _ = self.asks.try_send(file.clone());
+        }
+    }
 }
 
 impl Writer {
     fn run(mut self, mut queue: mpsc::Receiver<Job>) {
         let mut batch = Vec::new();
-        while let Some(first) = self.next_job(&mut queue) {
+        while let Some(first) = queue.blocking_recv() {
             // Group commit: everything already queued goes out in one write.
             batch.push(first);
             while batch.len() < 1024 {
@@ -390,30 +477,6 @@ impl Writer {
             self.handle(&mut batch);
         }
         let _ = self.sink.sync();
-    }
-
-    /// The next job; meanwhile, under `fsync = "batch"`, sync once the window closes.
-    fn next_job(&mut self, queue: &mut mpsc::Receiver<Job>) -> Option<Job> {
-        loop {
-            let Some(since) = self.unsynced_since else {
-                return queue.blocking_recv();
-            };
-            match queue.try_recv() {
-                Ok(job) => return Some(job),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let left = BATCH_WINDOW.saturating_sub(since.elapsed());
-                    if left.is_zero() {
-                        if let Err(error) = self.sink.sync() {
-                            tracing::error!(%error, "audit fsync failed");
-                        }
-                        self.unsynced_since = None;
-                    } else {
-                        std::thread::sleep(left.min(Duration::from_millis(1)));
-                    }
-                }
-            }
-        }
     }
 
     fn handle(&mut self, batch: &mut Vec<Job>) {
@@ -439,13 +502,23 @@ impl Writer {
             written = self.sink.append(&buffer);
             if written.is_ok() {
                 self.prev = next_prev;
-                match self.fsync {
-                    Fsync::Always => written = self.sink.sync(),
-                    Fsync::Batch => {
-                        self.unsynced_since.get_or_insert_with(Instant::now);
-                    }
-                    Fsync::Never => {}
+                match (&self.syncer, self.fsync) {
+                    (_, Fsync::Always) => written = self.sink.sync(),
+                    (Some(syncer), _) => syncer.ask(&self.sink),
+                    _ => {}
                 }
+            }
+            self.health
+                .writable
+                .store(written.is_ok(), Ordering::Relaxed);
+            if written.is_err() {
+                let records = batch
+                    .iter()
+                    .filter(|j| matches!(j, Job::Record(..)))
+                    .count();
+                self.health
+                    .failures
+                    .fetch_add(records as u64, Ordering::Relaxed);
             }
         }
         for job in batch.drain(..) {
@@ -454,12 +527,9 @@ impl Writer {
                 Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
             };
             let _ = match job {
-                Job::Record(_, done) => done.send(copy(&written)),
-                Job::Flush(done) => {
-                    let synced = self.sink.sync();
-                    self.unsynced_since = None;
-                    done.send(synced)
-                }
+                Job::Record(_, None) => Ok(()),
+                Job::Record(_, Some(done)) => done.send(copy(&written)),
+                Job::Flush(done) => done.send(self.sink.sync()),
                 Job::Reopen(done) => done.send(self.sink.reopen()),
             };
         }

@@ -3,6 +3,7 @@
 //! reason names), never from what a client sends, so no secret and no unbounded label
 //! can reach a scrape.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Health};
 use crate::iam::TokenSource;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,7 +49,6 @@ pub struct Metrics {
     upstream_duration: Family<OperationLabel, Histogram>,
     rate_limited: Family<OperationLabel, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
-    audit_write_errors: Counter,
     config_reloads: Family<ResultLabel, Counter>,
 }
 
@@ -105,17 +105,33 @@ impl Collector for TokenCollector {
     }
 }
 
+/// The audit writer's failure count, read at each scrape.
+#[derive(Debug)]
+struct AuditCollector(Arc<Health>);
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let failures = ConstCounter::new(self.0.failures.load(Ordering::Relaxed));
+        failures.encode(encoder.encode_descriptor(
+            "audit_write_errors",
+            "Audit records that could not be written",
+            None,
+            failures.metric_type(),
+        )?)
+    }
+}
+
 impl Metrics {
-    pub fn new(tokens: Arc<TokenSource>) -> Self {
+    pub fn new(tokens: Arc<TokenSource>, audit: Arc<Health>) -> Self {
         let mut registry = Registry::with_prefix("swr_gate");
         registry.register_collector(Box::new(TokenCollector(tokens)));
+        registry.register_collector(Box::new(AuditCollector(audit)));
         let requests = Family::default();
         let duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let upstream_duration =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let rate_limited = Family::default();
         let auth_failures = Family::default();
-        let audit_write_errors = Counter::default();
         let config_reloads = Family::default();
         registry.register(
             "requests",
@@ -143,11 +159,6 @@ impl Metrics {
             auth_failures.clone(),
         );
         registry.register(
-            "audit_write_errors",
-            "Audit records that could not be written",
-            audit_write_errors.clone(),
-        );
-        registry.register(
             "config_reloads",
             "Configuration reloads by result",
             config_reloads.clone(),
@@ -159,7 +170,6 @@ impl Metrics {
             upstream_duration,
             rate_limited,
             auth_failures,
-            audit_write_errors,
             config_reloads,
         }
     }
@@ -199,10 +209,6 @@ impl Metrics {
             }
             _ => {}
         }
-    }
-
-    pub fn audit_write_error(&self) {
-        self.audit_write_errors.inc();
     }
 
     pub fn config_reload(&self, ok: bool) {

@@ -74,9 +74,11 @@ pub async fn handle(
         rate_limit_headers(response.headers_mut(), limit, remaining);
     }
     exchange.status = Some(response.status().as_u16());
-    if let Err(error) = gate.audit.write(exchange.record(Stage::Completed)).await {
-        gate.metrics.audit_write_error();
-        span.in_scope(|| tracing::error!(%error, "audit record could not be written"));
+    // The answer does not wait for the disk: the record is queued ahead of anything
+    // that follows, so even a graceful shutdown writes it. Failures are counted by the
+    // writer.
+    if let Err(error) = gate.audit.submit(exchange.record(Stage::Completed)).await {
+        span.in_scope(|| tracing::error!(%error, "audit record could not be queued"));
     }
     let observation = exchange.observation();
     span.in_scope(|| {
@@ -359,11 +361,7 @@ async fn record_decision(
     snapshot: &Snapshot,
     exchange: &Exchange,
 ) -> Result<(), GateError> {
-    let written = gate.audit.write(exchange.record(Stage::Decided)).await;
-    if written.is_err() {
-        gate.metrics.audit_write_error();
-    }
-    match written {
+    match gate.audit.write(exchange.record(Stage::Decided)).await {
         Ok(()) => Ok(()),
         Err(error) if snapshot.config.audit.on_failure == OnFailure::Continue => {
             tracing::error!(%error, "audit record could not be written; forwarding anyway (on_failure = \"continue\")");
@@ -434,7 +432,10 @@ async fn forward(
     exchange.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     upstream::response_headers_for_client(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(
+        parts,
+        upstream::relay_body(body).await?,
+    ))
 }
 
 /// The running account of one request, from which its audit records are made.
@@ -627,7 +628,17 @@ fn text(value: &Value, key: &str) -> String {
         .to_owned()
 }
 
-/// The client's own `X-Request-Id` when it is a sane token, else a fresh random one.
+/// A new request id: a random per-process prefix and a counter, unique without a
+/// system call per request.
+fn fresh_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| hex(&random_bytes::<8>()));
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{n:016x}")
+}
+
+/// The client's own `X-Request-Id` when it is a sane token, else a fresh one.
 fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
@@ -640,7 +651,7 @@ fn request_id(headers: &HeaderMap) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| hex(&random_bytes::<16>()))
+        .unwrap_or_else(fresh_request_id)
 }
 
 /// The peer, unless the peer is a trusted proxy: then the nearest X-Forwarded-For entry

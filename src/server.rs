@@ -51,6 +51,7 @@ pub async fn serve_then(
     let tokens = Arc::new(TokenSource::from_config(config)?);
     tokens.spawn_refresher();
     let audit = AuditLog::start(config)?;
+    let audit_health = audit.health().clone();
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -72,7 +73,7 @@ pub async fn serve_then(
         audit,
         replay: ReplayGuard::default(),
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
-        metrics: Metrics::new(tokens.clone()),
+        metrics: Metrics::new(tokens.clone(), audit_health),
         tokens,
     });
     let reloader = Arc::new(Reloader::new(config_path));

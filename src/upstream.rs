@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -203,6 +205,28 @@ pub fn request_headers_for_upstream(client_headers: &HeaderMap) -> HeaderMap {
         headers.remove(name);
     }
     headers
+}
+
+/// SWR's answers to permission calls are a few bytes: those are read whole and sent on
+/// with their head in one write, instead of head and body in separate writes and
+/// packets. Anything larger, or of unknown length, is streamed as it arrives.
+pub async fn relay_body(body: Incoming) -> Result<UpstreamBody, GateError> {
+    const WHOLE_UP_TO: u64 = 64 * 1024;
+    if body.size_hint().exact().is_none_or(|n| n > WHOLE_UP_TO) {
+        return Ok(body.boxed());
+    }
+    match body.collect().await {
+        Ok(collected) => Ok(Full::new(collected.to_bytes())
+            .map_err(|never| match never {})
+            .boxed()),
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "upstream answer cut off");
+            Err(GateError::new(
+                ErrorKind::UpstreamUnreachable,
+                "the connection to SWR failed while it answered",
+            ))
+        }
+    }
 }
 
 /// What the client may see of SWR's answer: everything but hop-by-hop headers.

@@ -259,7 +259,10 @@ fn iam_refusals_and_garbage_leave_the_gateway_unready_with_the_reason_and_never_
         assert_eq!(answer.code(), "SWR.GATE.5030001");
         let body = String::from_utf8_lossy(&answer.body);
         // The client learns that there is no token; why is for /readyz and the log.
-        assert!(body.contains("IAM token") && !body.contains(reason), "{body}");
+        assert!(
+            body.contains("IAM token") && !body.contains(reason),
+            "{body}"
+        );
         for text in [&said, &*body] {
             assert!(
                 !text.contains(BODY_MARKER) && !text.contains(PASSWORD),

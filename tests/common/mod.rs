@@ -477,8 +477,20 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
+    /// The audit records so far. A `completed` record is queued before its answer goes
+    /// out but written just after, so this waits until the file stops growing.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        let read = || std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        let mut text = read();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            std::thread::sleep(Duration::from_millis(30));
+            let again = read();
+            if again == text || Instant::now() > deadline {
+                break;
+            }
+            text = again;
+        }
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
