@@ -195,7 +195,8 @@ fn wrong_key_tampered_body_stale_date_replay_and_garbage_each_have_their_code() 
     );
     assert_eq!(swr.received().len(), 1);
 
-    let audit = std::fs::read_to_string(gate.dir.path().join("audit.jsonl")).unwrap();
+    gate.audit_records();
+    let audit = std::fs::read_to_string(gate.audit_path()).unwrap();
     let signature = fresh
         .iter()
         .find(|(n, _)| n == "authorization")

@@ -96,7 +96,8 @@ fn create(gate: &Gateway) -> Answer {
 }
 
 fn audit_text(gate: &Gateway) -> String {
-    std::fs::read_to_string(gate.dir.path().join("audit.jsonl")).unwrap_or_default()
+    gate.audit_records();
+    std::fs::read_to_string(gate.audit_path()).unwrap_or_default()
 }
 
 /// None of `secrets` in the gateway's log or audit trail.
