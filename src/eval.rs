@@ -335,16 +335,32 @@ fn configured_groups(config: &Config, client: &str) -> Option<Vec<String>> {
         .map(|c| c.groups.clone())
 }
 
-/// `swr-gate eval`'s arguments.
-#[derive(Debug, Clone)]
+/// `swr-gate eval`'s arguments, parsed by clap straight into this.
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
+    #[arg(long)]
     pub config: PathBuf,
+    /// A [[clients]] id (or "anonymous" when allow_anonymous is on).
+    #[arg(long)]
     pub client: String,
+    #[arg(long)]
     pub method: String,
+    /// The request path, as a client sends it (with a query, if any).
+    #[arg(long)]
     pub path: String,
+    /// A file holding the request body.
+    #[arg(long)]
     pub body: Option<PathBuf>,
+    /// api_key, aksk, mtls or anonymous (default: api_key, or anonymous for "anonymous").
+    #[arg(long, value_parser = parse_auth_method)]
     pub auth_method: Option<AuthMethod>,
+    #[arg(long, default_value = "127.0.0.1")]
     pub client_ip: IpAddr,
+}
+
+fn parse_auth_method(name: &str) -> Result<AuthMethod, String> {
+    policy::auth_method_from_name(name)
+        .ok_or_else(|| format!("{name:?} is not api_key, aksk, mtls or anonymous"))
 }
 
 /// The full decision for one request, as text. `Ok((report, forwarded))`; `Err` for a

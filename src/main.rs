@@ -53,26 +53,7 @@ enum Command {
     },
     /// Dry-run one request through route, body, schema and policy and print the whole
     /// decision. Exit 0: it would be forwarded; 1: refused; 2: the config does not load.
-    Eval {
-        #[arg(long)]
-        config: PathBuf,
-        /// A [[clients]] id (or "anonymous" when allow_anonymous is on).
-        #[arg(long)]
-        client: String,
-        #[arg(long)]
-        method: String,
-        /// The request path, as a client sends it (with a query, if any).
-        #[arg(long)]
-        path: String,
-        /// A file holding the request body.
-        #[arg(long)]
-        body: Option<PathBuf>,
-        /// api_key, aksk, mtls or anonymous (default: api_key, or anonymous for "anonymous").
-        #[arg(long, value_parser = auth_method)]
-        auth_method: Option<swr_gate::auth::AuthMethod>,
-        #[arg(long, default_value = "127.0.0.1")]
-        client_ip: std::net::IpAddr,
-    },
+    Eval(swr_gate::eval::EvalArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -180,23 +161,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Audit { action } => audit(action),
-        Command::Eval {
-            config,
-            client,
-            method,
-            path,
-            body,
-            auth_method,
-            client_ip,
-        } => verdict(swr_gate::eval::eval(&swr_gate::eval::EvalArgs {
-            config,
-            client,
-            method,
-            path,
-            body,
-            auth_method,
-            client_ip,
-        })),
+        Command::Eval(args) => verdict(swr_gate::eval::eval(&args)),
         Command::Policy {
             command: PolicyCommand::Test { config, cases },
         } => verdict(swr_gate::eval::policy_test(&config, &cases)),
@@ -295,11 +260,6 @@ fn verdict(result: Result<(String, bool), String>) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn auth_method(name: &str) -> Result<swr_gate::auth::AuthMethod, String> {
-    swr_gate::policy::auth_method_from_name(name)
-        .ok_or_else(|| format!("{name:?} is not api_key, aksk, mtls or anonymous"))
 }
 
 fn fail(message: &str) -> ExitCode {
