@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cedar_policy::{
@@ -160,7 +160,7 @@ pub struct Policies {
     /// The entities of a request by client, groups and repository: Cedar computes their
     /// transitive closure when they are stored, which costs more than deciding, and a
     /// client keeps asking about the same repositories.
-    entity_stores: Mutex<HashMap<String, Entities>>,
+    entity_stores: Mutex<HashMap<String, Arc<Entities>>>,
     about: HashMap<String, About>,
     files: Vec<Source>,
     warnings: Vec<String>,
@@ -728,7 +728,8 @@ impl Policies {
         expression
     }
 
-    fn entities(&self, query: &Query) -> Result<Entities, String> {
+    /// Shared, not copied: a store is a map of entities that a clone would rebuild.
+    fn entities(&self, query: &Query) -> Result<Arc<Entities>, String> {
         let mut key = query.client.to_owned();
         let names = [&query.context.namespace, &query.context.repository];
         for part in query.groups.iter().chain(names) {
@@ -740,7 +741,7 @@ impl Policies {
 
     /// Only the entities with parents: `in` reads the ancestors of the entity on its
     /// left, and an entity without parents is only `in` itself, stored or not.
-    fn make_entities(&self, query: &Query) -> Result<Entities, String> {
+    fn make_entities(&self, query: &Query) -> Result<Arc<Entities>, String> {
         let groups: HashSet<EntityUid> = query
             .groups
             .iter()
@@ -758,7 +759,9 @@ impl Policies {
             ));
         }
         entities.extend(self.grouped_actions.iter().cloned());
-        Entities::from_entities(entities, None).map_err(|e| e.to_string())
+        Entities::from_entities(entities, None)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     }
 }
 
