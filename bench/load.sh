@@ -9,6 +9,9 @@
 # Environment (all optional):
 #   DURATION     measured run per target, as wrk takes it: 10s, 1m ...      (default 10s)
 #   CONNECTIONS  concurrent keep-alive connections wrk holds open           (default 32)
+#   LATENCY_CONNECTIONS  connections of the second, unsaturated run that measures the
+#                latency a proxy adds to one request, without queueing       (default 1)
+#   LATENCY_DURATION     that run's length per target                       (default 5s)
 #   WARMUP       unmeasured run before each measured one                    (default 2s)
 #   AUDIT_FSYNC  swr-gate's [audit] fsync: always, batch or never           (default batch)
 #   PIN          auto: wrk on one CPU, the servers on another (needs 2 CPUs
@@ -18,9 +21,10 @@
 #
 # The same request goes to each target: POST /v2/manage/namespaces/team-a/repos/app/access
 # with a JSON grant and an X-Api-Key header (see bench/post.lua). Targets: direct to the
-# stand-in, through nginx, through swr-gate. Prints a table of requests/s, p50 and p99, the
-# throughput ratio swr-gate/nginx (target >= 0.8x) and the latency each proxy adds over
-# direct (target for swr-gate: p99 under 1 ms added).
+# stand-in, through nginx, through swr-gate. Each target is run twice: saturated
+# (CONNECTIONS), for requests/s, p50 and p99 and the throughput ratio swr-gate/nginx
+# (target >= 0.8x); then unsaturated (LATENCY_CONNECTIONS), for the latency each proxy adds
+# to a request over going direct (target for swr-gate: p99 under 1 ms added).
 #
 # Exits non-zero only when the set-up fails (tools, build, start-up, sanity request);
 # missing a target is reported, not failed: this is a measurement, not a test.
@@ -32,6 +36,8 @@ export LC_ALL=C
 
 readonly DURATION="${DURATION:-10s}"
 readonly CONNECTIONS="${CONNECTIONS:-32}"
+readonly LATENCY_CONNECTIONS="${LATENCY_CONNECTIONS:-1}"
+readonly LATENCY_DURATION="${LATENCY_DURATION:-5s}"
 readonly WARMUP="${WARMUP:-2s}"
 readonly PIN="${PIN:-auto}"
 readonly AUDIT_FSYNC="${AUDIT_FSYNC:-batch}"
@@ -66,11 +72,15 @@ seconds_of() {
 }
 
 DURATION_S="$(seconds_of "$DURATION")"
+LATENCY_DURATION_S="$(seconds_of "$LATENCY_DURATION")"
 WARMUP_S="$(seconds_of "$WARMUP")"
-readonly DURATION_S WARMUP_S
+readonly DURATION_S WARMUP_S LATENCY_DURATION_S
 ((DURATION_S >= 1)) || die "DURATION must be at least 1s"
 ((WARMUP_S >= 1)) || die "WARMUP must be at least 1s"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer, not '$CONNECTIONS'"
+[[ $LATENCY_CONNECTIONS =~ ^[1-9][0-9]*$ ]] ||
+    die "LATENCY_CONNECTIONS must be a positive integer, not '$LATENCY_CONNECTIONS'"
+((LATENCY_DURATION_S >= 1)) || die "LATENCY_DURATION must be at least 1s"
 [[ $AUDIT_FSYNC =~ ^(always|batch|never)$ ]] || die "AUDIT_FSYNC must be always, batch or never"
 
 # --- 1. tools -----------------------------------------------------------------------------
@@ -380,11 +390,12 @@ calc() {
     awk "BEGIN { $1 }"
 }
 
-# wrk -t1 -cN -dT --latency; never longer than its duration plus a margin.
+# wrk -t1 -cN -dT --latency; never longer than its duration plus a margin. N is
+# CONNECTIONS unless given as the fifth argument.
 run_wrk() {
-    local duration=$1 seconds=$2 url=$3 out=$4
+    local duration=$1 seconds=$2 url=$3 out=$4 connections=${5:-$CONNECTIONS}
     timeout --kill-after=5 $((seconds + 30)) "${CLIENT_PIN[@]}" \
-        wrk -t1 -c"$CONNECTIONS" -d"$duration" --latency -s "$LUA" "$url" >"$out" 2>&1 ||
+        wrk -t1 -c"$connections" -d"$duration" --latency -s "$LUA" "$url" >"$out" 2>&1 ||
         { cat "$out" >&2; die "wrk failed against $url"; }
 }
 
@@ -510,6 +521,18 @@ for target in "${TARGETS[@]}"; do
     WARM_REQS[$target]=$warm
 done
 
+# Under saturation a request's latency is mostly its wait in the queue, which the
+# throughput ratio already tells. The latency a proxy adds to a request is measured
+# without queueing: few connections, after the warm-up above.
+declare -A LAT_P50 LAT_P99 LAT_REQS
+for target in "${TARGETS[@]}"; do
+    note "wrk against $target: ${LATENCY_DURATION} measured, ${LATENCY_CONNECTIONS} connection(s) ..."
+    run_wrk "$LATENCY_DURATION" "$LATENCY_DURATION_S" "${URL[$target]}" \
+        "$WORK/wrk-$target-latency.txt" "$LATENCY_CONNECTIONS"
+    read -r _ p50 p99 reqs _ < <(parse_wrk "$WORK/wrk-$target-latency.txt")
+    LAT_P50[$target]=$p50 LAT_P99[$target]=$p99 LAT_REQS[$target]=$reqs
+done
+
 # --- 6. summary -----------------------------------------------------------------------------
 
 echo
@@ -539,16 +562,28 @@ ratio="$(calc "r = ${RPS[nginx]} > 0 ? ${RPS[swr-gate]} / ${RPS[nginx]} : 0; pri
 verdict="$(calc "print ($ratio >= 0.8) ? \"met\" : \"MISSED\"")"
 echo "throughput ratio swr-gate / nginx = ${ratio}x (target >= 0.8x: $verdict)"
 
-gate_p50="$(calc "printf \"%+.3f\", ${P50[swr-gate]} - ${P50[direct]}")"
-gate_p99="$(calc "printf \"%+.3f\", ${P99[swr-gate]} - ${P99[direct]}")"
-nginx_p50="$(calc "printf \"%+.3f\", ${P50[nginx]} - ${P50[direct]}")"
-nginx_p99="$(calc "printf \"%+.3f\", ${P99[nginx]} - ${P99[direct]}")"
-verdict="$(calc "print (${P99[swr-gate]} - ${P99[direct]} < 1) ? \"met\" : \"MISSED\"")"
-echo "added latency over direct: swr-gate p50 $gate_p50 ms, p99 $gate_p99 ms;" \
-    "nginx p50 $nginx_p50 ms, p99 $nginx_p99 ms (target swr-gate p99 < +1 ms: $verdict)"
-if [[ "$gate_p50$gate_p99$nginx_p50$nginx_p99" == *-* ]]; then
-    echo "warning: a proxy looks faster than direct: the direct run was disturbed; rerun on a quiet machine"
-fi
+# Added latency: proxy minus direct, of the p50 or p99 in array $1.
+added() {
+    local -n of=$1
+    calc "printf \"%+.3f\", ${of[$2]} - ${of[direct]}"
+}
+echo "added latency over direct, ${LATENCY_CONNECTIONS} connection(s), no queueing:" \
+    "swr-gate p50 $(added LAT_P50 swr-gate) ms, p99 $(added LAT_P99 swr-gate) ms;" \
+    "nginx p50 $(added LAT_P50 nginx) ms, p99 $(added LAT_P99 nginx) ms"
+printf '  (p50/p99 ms: direct %.3f/%.3f, nginx %.3f/%.3f, swr-gate %.3f/%.3f)\n' \
+    "${LAT_P50[direct]}" "${LAT_P99[direct]}" "${LAT_P50[nginx]}" "${LAT_P99[nginx]}" \
+    "${LAT_P50[swr-gate]}" "${LAT_P99[swr-gate]}"
+verdict="$(calc "print (${LAT_P99[swr-gate]} - ${LAT_P99[direct]} < 1) ? \"met\" : \"MISSED\"")"
+echo "  target swr-gate p99 < +1 ms: $verdict"
+echo "added latency over direct at $CONNECTIONS connections (saturated, mostly queueing):" \
+    "swr-gate p50 $(added P50 swr-gate) ms, p99 $(added P99 swr-gate) ms;" \
+    "nginx p50 $(added P50 nginx) ms, p99 $(added P99 nginx) ms"
+for of in P50 P99 LAT_P50 LAT_P99; do
+    if [[ "$(added $of nginx)$(added $of swr-gate)" == *-* ]]; then
+        echo "warning: a proxy looks faster than direct: the direct run was disturbed; rerun on a quiet machine"
+        break
+    fi
+done
 
 echo "non-2xx responses: direct ${NON2XX[direct]}, nginx ${NON2XX[nginx]}, swr-gate ${NON2XX[swr-gate]} (expected 0)"
 for target in "${TARGETS[@]}"; do
@@ -562,9 +597,9 @@ done
 # up to two records per connection per wrk run on top.
 sleep 0.5
 audit_lines="$(wc -l <"$WORK/audit.jsonl")"
-forwarded=$((1 + WARM_REQS[swr-gate] + REQS[swr-gate]))
+forwarded=$((1 + WARM_REQS[swr-gate] + REQS[swr-gate] + LAT_REQS[swr-gate]))
 low=$((2 * forwarded))
-high=$((low + 2 * 2 * CONNECTIONS))
+high=$((low + 2 * (2 * CONNECTIONS + LATENCY_CONNECTIONS)))
 if ((audit_lines >= low && audit_lines <= high)); then
     plausible="plausible"
 else
