@@ -524,13 +524,14 @@ done
 # Under saturation a request's latency is mostly its wait in the queue, which the
 # throughput ratio already tells. The latency a proxy adds to a request is measured
 # without queueing: few connections, after the warm-up above.
-declare -A LAT_P50 LAT_P99 LAT_REQS
+declare -A LAT_P50 LAT_P99 LAT_REQS LAT_FAILED
 for target in "${TARGETS[@]}"; do
     note "wrk against $target: ${LATENCY_DURATION} measured, ${LATENCY_CONNECTIONS} connection(s) ..."
     run_wrk "$LATENCY_DURATION" "$LATENCY_DURATION_S" "${URL[$target]}" \
         "$WORK/wrk-$target-latency.txt" "$LATENCY_CONNECTIONS"
-    read -r _ p50 p99 reqs _ < <(parse_wrk "$WORK/wrk-$target-latency.txt")
+    read -r _ p50 p99 reqs non2xx sockerr _ < <(parse_wrk "$WORK/wrk-$target-latency.txt")
     LAT_P50[$target]=$p50 LAT_P99[$target]=$p99 LAT_REQS[$target]=$reqs
+    LAT_FAILED[$target]=$((non2xx + sockerr))
 done
 
 # --- 6. summary -----------------------------------------------------------------------------
@@ -586,6 +587,8 @@ for of in P50 P99 LAT_P50 LAT_P99; do
 done
 
 echo "non-2xx responses: direct ${NON2XX[direct]}, nginx ${NON2XX[nginx]}, swr-gate ${NON2XX[swr-gate]} (expected 0)"
+echo "non-2xx answers and socket errors in the ${LATENCY_CONNECTIONS}-connection runs:" \
+    "direct ${LAT_FAILED[direct]}, nginx ${LAT_FAILED[nginx]}, swr-gate ${LAT_FAILED[swr-gate]} (expected 0)"
 for target in "${TARGETS[@]}"; do
     if [[ -n ${SOCKDETAIL[$target]} ]]; then
         echo "socket errors against $target: ${SOCKDETAIL[$target]}"
