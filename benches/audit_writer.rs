@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
                         let audit = audit.clone();
                         tokio::spawn(async move {
                             for i in (w..iters as usize).step_by(64) {
-                                audit.write(record(i)).await.unwrap();
+                                audit.write(&record(i)).await.unwrap();
                             }
                         })
                     })

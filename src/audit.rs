@@ -1,9 +1,9 @@
 //! The audit trail: one JSON line per outcome (contract §5), hash-chained so that an
 //! edited, deleted or reordered record is detectable.
 //!
-//! Records are written by a dedicated thread so request handling never touches the disk;
-//! the channel to it is bounded, so when it falls behind requests wait instead of records
-//! being dropped. [`review`] reads trails back: `audit verify` and `audit query`.
+//! A record is in the file before the request it is about goes on; syncing the file to
+//! disk is left to a thread of its own, so no request thread waits in fsync.
+//! [`review`] reads trails back: `audit verify` and `audit query`.
 
 pub mod review;
 
@@ -11,11 +11,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::watch;
 
 use crate::auth::AuthMethod;
 use crate::config::{Config, Fsync};
@@ -23,9 +23,6 @@ use crate::crypto::{constant_time_eq, hex, hmac_sha256, sha256};
 
 /// The `prev` of the first record of a new trail.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Records waiting for the writer before senders have to wait.
-const QUEUE: usize = 4096;
 
 /// Under `fsync = "batch"`, the least time between two syncs: a record is on disk
 /// within about this long plus one sync.
@@ -102,14 +99,6 @@ pub struct Record {
     pub upstream_ms: Option<f64>,
 }
 
-/// The record as written: its fields, then `prev`, then `hash` over everything before it.
-#[derive(Serialize)]
-struct Chained<'a> {
-    #[serde(flatten)]
-    record: &'a Record,
-    prev: &'a str,
-}
-
 /// Hashes records into the chain: SHA-256, or HMAC-SHA-256 when a key is configured so
 /// that someone who can edit the file cannot also recompute the chain.
 #[derive(Clone)]
@@ -129,9 +118,16 @@ impl Chain {
         }
     }
 
-    /// Serialise a record after `prev` and return the line (without newline) and its hash.
+    /// The line (without newline) for a record that follows `prev`, and its hash. The
+    /// line is the record's fields, then `prev`, then `hash` over everything before it.
     pub fn seal(&self, record: &Record, prev: &str) -> (Vec<u8>, String) {
-        let mut line = serde_json::to_vec(&Chained { record, prev }).unwrap_or_default();
+        let mut line = Vec::with_capacity(1024);
+        // A record is strings, numbers and lists of them: serialising it cannot fail.
+        let _ = serde_json::to_writer(&mut line, record);
+        line.pop();
+        line.extend_from_slice(b",\"prev\":");
+        let _ = serde_json::to_writer(&mut line, prev);
+        line.push(b'}');
         let hash = self.digest(&line);
         line.pop();
         line.extend_from_slice(b",\"hash\":\"");
@@ -168,34 +164,32 @@ impl Chain {
     }
 }
 
-enum Job {
-    /// A record, and whom to tell once it is in the file (nobody for `submit`).
-    Record(Box<Record>, Option<oneshot::Sender<io::Result<()>>>),
-    /// Sync everything written so far (shutdown).
-    Flush(oneshot::Sender<io::Result<()>>),
-    /// Open the path anew (SIGHUP after logrotate moved the file away).
-    Reopen(oneshot::Sender<io::Result<()>>),
-}
-
 /// The handle requests use to write records.
+///
+/// A record is appended on the requesting thread, under a lock that keeps the chain in
+/// order: a guarded request has to wait for its record to be in the file anyway (contract
+/// §3, `fsync`), and handing the write to another thread cost two thread wake-ups per
+/// record for a write(2) into the page cache that takes microseconds. What can take
+/// milliseconds, the fsync, stays on its own thread.
 #[derive(Clone)]
 pub struct AuditLog {
-    jobs: mpsc::Sender<Job>,
+    writer: Arc<Mutex<Writer>>,
+    syncer: Option<Arc<Syncer>>,
     health: Arc<Health>,
 }
 
 /// What the writer tells the rest of the gateway: /readyz and /metrics read it.
 #[derive(Debug)]
 pub struct Health {
-    /// Whether the last write succeeded.
+    /// Whether the last write (or sync) succeeded.
     pub writable: AtomicBool,
     /// Records that could not be written since start.
     pub failures: AtomicU64,
 }
 
 impl AuditLog {
-    /// Open the trail named by `[audit]` and start its writer thread. The chain goes on
-    /// from the last record already in the file.
+    /// Open the trail named by `[audit]` and, when it is a file to be synced, start the
+    /// thread that syncs it. The chain goes on from the last record already in the file.
     pub fn start(config: &Config) -> Result<AuditLog, String> {
         let path = config.resolve(&config.audit.path);
         let key = match &config.audit.hmac_key_env {
@@ -205,45 +199,68 @@ impl AuditLog {
         let chain = Chain::new(key);
         let mut sink = Sink::open(&path)?;
         let prev = sink.last_hash(&chain)?;
-        let (jobs, queue) = mpsc::channel(QUEUE);
         let health = Arc::new(Health {
             writable: AtomicBool::new(true),
             failures: AtomicU64::new(0),
         });
-        let syncer = match config.audit.fsync {
-            Fsync::Batch => Some(Syncer::start()?),
-            Fsync::Always | Fsync::Never => None,
-        };
-        let writer = Writer {
+        let is_file = matches!(sink, Sink::File { .. });
+        let writer = Arc::new(Mutex::new(Writer {
             sink,
             chain,
             prev,
-            fsync: config.audit.fsync,
-            syncer,
-            health: health.clone(),
+            appended: 0,
             last_rotation_check: Instant::now(),
+        }));
+        let syncer = match (config.audit.fsync, is_file) {
+            (Fsync::Batch, true) => Some(Syncer::start(&writer, &health, BATCH_WINDOW)?),
+            (Fsync::Always, true) => Some(Syncer::start(&writer, &health, Duration::ZERO)?),
+            _ => None,
         };
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(queue))
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok(AuditLog { jobs, health })
+        Ok(AuditLog {
+            writer,
+            syncer,
+            health,
+        })
     }
 
     /// Write one record; returns once it is in the file (and on disk with `fsync = "always"`).
-    pub async fn write(&self, record: Record) -> io::Result<()> {
-        self.ask(|done| Job::Record(Box::new(record), Some(done)))
-            .await
+    pub async fn write(&self, record: &Record) -> io::Result<()> {
+        let number = self.append(record)?;
+        match &self.syncer {
+            Some(syncer) if syncer.window.is_zero() => syncer.on_disk(number).await,
+            _ => Ok(()),
+        }
     }
 
-    /// Queue one record without waiting for the disk: for records nothing depends on
-    /// (the `completed` one, after the answer is known). It is written before anything
-    /// queued after it, a flush included, so a graceful shutdown loses none.
-    pub async fn submit(&self, record: Record) -> io::Result<()> {
-        self.jobs
-            .send(Job::Record(Box::new(record), None))
-            .await
-            .map_err(|_| io::Error::other("the audit writer has stopped"))
+    /// Write one record without waiting for the disk, whatever `fsync` says: for records
+    /// nothing waits on (the `completed` one, once the answer is known).
+    pub fn submit(&self, record: &Record) -> io::Result<()> {
+        self.append(record).map(|_| ())
+    }
+
+    fn append(&self, record: &Record) -> io::Result<u64> {
+        let appended = self.lock().append(record);
+        self.health
+            .writable
+            .store(appended.is_ok(), Ordering::Relaxed);
+        match appended {
+            Ok(number) => {
+                if let Some(syncer) = &self.syncer {
+                    syncer.ask(number);
+                }
+                Ok(number)
+            }
+            Err(error) => {
+                self.health.failures.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic mid-append cannot leave half a record behind (appends are cut back),
+        // so the state behind a poisoned lock is still sound.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn health(&self) -> &Arc<Health> {
@@ -255,24 +272,23 @@ impl AuditLog {
         self.health.writable.load(Ordering::Relaxed)
     }
 
-    /// Everything written so far, synced to disk.
+    /// Everything written so far, synced to disk (shutdown).
     pub async fn flush(&self) -> io::Result<()> {
-        self.ask(Job::Flush).await
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sink
+                .sync()
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Reopen the file at the configured path (after rotation); the chain goes on.
-    pub async fn reopen(&self) -> io::Result<()> {
-        self.ask(Job::Reopen).await
-    }
-
-    async fn ask(
-        &self,
-        job: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job,
-    ) -> io::Result<()> {
-        let stopped = || io::Error::other("the audit writer has stopped");
-        let (done, answer) = oneshot::channel();
-        self.jobs.send(job(done)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+    pub fn reopen(&self) -> io::Result<()> {
+        self.lock().sink.reopen()
     }
 }
 
@@ -299,7 +315,7 @@ fn cut_back(file: &File, written: usize, error: io::Error) -> io::Error {
 
 enum Sink {
     Stdout,
-    /// Shared with the background syncer under `fsync = "batch"`.
+    /// Shared with the syncer thread.
     File {
         file: Arc<File>,
         path: PathBuf,
@@ -416,122 +432,129 @@ impl Sink {
     }
 }
 
-/// The writer thread's state.
+/// The trail's end: where the next record goes and what it chains to.
 struct Writer {
     sink: Sink,
     chain: Chain,
     /// Hash of the last record written: the next record's `prev`.
     prev: String,
-    fsync: Fsync,
-    /// Under `fsync = "batch"`: syncs in the background, so appends never wait for it.
-    syncer: Option<Syncer>,
-    health: Arc<Health>,
+    /// Records appended since start: the syncer is told how far it has to sync.
+    appended: u64,
     last_rotation_check: Instant,
 }
 
-/// A thread that fsyncs the audit file whenever asked. A request made while a sync is
-/// queued but not started is covered by it, so requests coalesce into group commits.
+impl Writer {
+    /// Append one record; its number, for waiting until it is on disk.
+    fn append(&mut self, record: &Record) -> io::Result<u64> {
+        if self.last_rotation_check.elapsed() >= ROTATION_CHECK {
+            self.last_rotation_check = Instant::now();
+            if self.sink.rotated() {
+                tracing::info!("the audit file was moved away; opening a new one");
+                if let Err(error) = self.sink.reopen() {
+                    tracing::error!(%error, "audit file could not be reopened");
+                }
+            }
+        }
+        let (mut line, hash) = self.chain.seal(record, &self.prev);
+        line.push(b'\n');
+        self.sink.append(&line)?;
+        self.prev = hash;
+        self.appended += 1;
+        Ok(self.appended)
+    }
+}
+
+/// A thread that fsyncs the audit file, so that no request thread ever waits in fsync.
+/// Records appended while a sync runs are covered by the next one: requests coalesce
+/// into group commits.
 struct Syncer {
-    asks: std::sync::mpsc::SyncSender<Arc<File>>,
+    /// The highest record number appended, to be covered by the next sync.
+    wanted: AtomicU64,
+    /// How far the disk has the file; requests under `fsync = "always"` wait on it.
+    synced: watch::Sender<Synced>,
+    /// The least time between two syncs: zero under `fsync = "always"`.
+    window: Duration,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+#[derive(Debug, Default)]
+struct Synced {
+    /// Every record up to this number has been through a sync.
+    through: u64,
+    /// The last record number a failed sync was meant to cover, and why it failed.
+    failed: Option<(u64, String)>,
 }
 
 impl Syncer {
-    fn start() -> Result<Syncer, String> {
-        let (asks, pending) = std::sync::mpsc::sync_channel::<Arc<File>>(1);
-        std::thread::Builder::new()
+    fn start(
+        writer: &Arc<Mutex<Writer>>,
+        health: &Arc<Health>,
+        window: Duration,
+    ) -> Result<Arc<Syncer>, String> {
+        let syncer = Arc::new(Syncer {
+            wanted: AtomicU64::new(0),
+            synced: watch::Sender::new(Synced::default()),
+            window,
+            thread: OnceLock::new(),
+        });
+        let (me, writer, health) = (syncer.clone(), writer.clone(), health.clone());
+        let thread = std::thread::Builder::new()
             .name("audit-fsync".into())
-            .spawn(move || {
-                for file in pending {
-                    if let Err(error) = file.sync_data() {
-                        tracing::error!(%error, "audit fsync failed");
-                    }
-                    // At most one sync per window: under load each covers many records
-                    // instead of the disk being kept busy with one sync after another.
-                    std::thread::sleep(BATCH_WINDOW);
-                }
-            })
+            .spawn(move || me.run(&writer, &health))
             .map_err(|e| format!("cannot start the audit fsync thread: {e}"))?;
-        Ok(Syncer { asks })
+        let _ = syncer.thread.set(thread.thread().clone());
+        Ok(syncer)
     }
 
-    fn ask(&self, sink: &Sink) {
-        if let Sink::File { file, .. } = sink {
-            // Full means a sync is queued and not started: it covers this write too.
-            let _ = self.asks.try_send(file.clone());
+    /// Record `number` is in the file: have it synced. No system call unless the
+    /// syncer is asleep.
+    fn ask(&self, number: u64) {
+        self.wanted.fetch_max(number, Ordering::AcqRel);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
         }
     }
-}
 
-impl Writer {
-    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
-        let mut batch = Vec::new();
-        while let Some(first) = queue.blocking_recv() {
-            // Group commit: everything already queued goes out in one write.
-            batch.push(first);
-            while batch.len() < 1024 {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.handle(&mut batch);
+    async fn on_disk(&self, number: u64) -> io::Result<()> {
+        let mut synced = self.synced.subscribe();
+        let synced = synced
+            .wait_for(|synced| synced.through >= number)
+            .await
+            .map_err(|_| io::Error::other("the audit fsync thread has stopped"))?;
+        match &synced.failed {
+            Some((through, error)) if number <= *through => Err(io::Error::other(error.clone())),
+            _ => Ok(()),
         }
-        let _ = self.sink.sync();
     }
 
-    fn handle(&mut self, batch: &mut Vec<Job>) {
-        if self.last_rotation_check.elapsed() >= ROTATION_CHECK && self.sink.rotated() {
-            tracing::info!("the audit file was moved away; opening a new one");
-            if let Err(error) = self.sink.reopen() {
-                tracing::error!(%error, "audit file could not be reopened");
+    fn run(&self, writer: &Mutex<Writer>, health: &Health) {
+        loop {
+            let wanted = self.wanted.load(Ordering::Acquire);
+            if wanted <= self.synced.borrow().through {
+                std::thread::park();
+                continue;
             }
-        }
-        self.last_rotation_check = Instant::now();
-        let mut buffer = Vec::with_capacity(batch.len() * 1024);
-        let mut next_prev = self.prev.clone();
-        for job in batch.iter() {
-            if let Job::Record(record, _) = job {
-                let (line, hash) = self.chain.seal(record, &next_prev);
-                buffer.extend_from_slice(&line);
-                buffer.push(b'\n');
-                next_prev = hash;
-            }
-        }
-        let mut written = Ok(());
-        if !buffer.is_empty() {
-            written = self.sink.append(&buffer);
-            if written.is_ok() {
-                self.prev = next_prev;
-                match (&self.syncer, self.fsync) {
-                    (_, Fsync::Always) => written = self.sink.sync(),
-                    (Some(syncer), _) => syncer.ask(&self.sink),
-                    _ => {}
-                }
-            }
-            self.health
-                .writable
-                .store(written.is_ok(), Ordering::Relaxed);
-            if written.is_err() {
-                let records = batch
-                    .iter()
-                    .filter(|j| matches!(j, Job::Record(..)))
-                    .count();
-                self.health
-                    .failures
-                    .fetch_add(records as u64, Ordering::Relaxed);
-            }
-        }
-        for job in batch.drain(..) {
-            let copy = |result: &io::Result<()>| match result {
-                Ok(()) => Ok(()),
-                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+            // Only the handle is taken under the lock: appends go on during the sync.
+            let file = match &writer.lock().unwrap_or_else(PoisonError::into_inner).sink {
+                Sink::File { file, .. } => file.clone(),
+                Sink::Stdout => return,
             };
-            let _ = match job {
-                Job::Record(_, None) => Ok(()),
-                Job::Record(_, Some(done)) => done.send(copy(&written)),
-                Job::Flush(done) => done.send(self.sink.sync()),
-                Job::Reopen(done) => done.send(self.sink.reopen()),
-            };
+            let result = file.sync_data();
+            if let Err(error) = &result {
+                tracing::error!(%error, "audit fsync failed");
+                health.writable.store(false, Ordering::Relaxed);
+            }
+            self.synced.send_modify(|synced| {
+                synced.through = wanted;
+                if let Err(error) = result {
+                    synced.failed = Some((wanted, error.to_string()));
+                }
+            });
+            // At most one sync per window: under load each covers many records instead
+            // of the disk being kept busy with one sync after another.
+            if !self.window.is_zero() {
+                std::thread::sleep(self.window);
+            }
         }
     }
 }
@@ -578,5 +601,15 @@ mod tests {
         }
         let (line, _) = Chain::new(Some(b"k".to_vec())).seal(&record(), GENESIS);
         assert!(Chain::new(None).open(&line).is_err());
+        let fields: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let names: Vec<&str> = fields
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(names[..2], ["ts", "request_id"]);
+        assert_eq!(names[names.len() - 2..], ["prev", "hash"]);
+        assert_eq!(fields["prev"], GENESIS);
     }
 }

@@ -74,11 +74,10 @@ pub async fn handle(
         rate_limit_headers(response.headers_mut(), limit, remaining);
     }
     exchange.status = Some(response.status().as_u16());
-    // The answer does not wait for the disk: the record is queued ahead of anything
-    // that follows, so even a graceful shutdown writes it. Failures are counted by the
-    // writer.
-    if let Err(error) = gate.audit.submit(exchange.record(Stage::Completed)).await {
-        span.in_scope(|| tracing::error!(%error, "audit record could not be queued"));
+    // In the file before the answer leaves, but the answer does not wait for a sync.
+    // Failures are counted in the audit log's health.
+    if let Err(error) = gate.audit.submit(&exchange.record(Stage::Completed)) {
+        span.in_scope(|| tracing::error!(%error, "audit record could not be written"));
     }
     let observation = exchange.observation();
     span.in_scope(|| {
@@ -361,7 +360,7 @@ async fn record_decision(
     snapshot: &Snapshot,
     exchange: &Exchange,
 ) -> Result<(), GateError> {
-    match gate.audit.write(exchange.record(Stage::Decided)).await {
+    match gate.audit.write(&exchange.record(Stage::Decided)).await {
         Ok(()) => Ok(()),
         Err(error) if snapshot.config.audit.on_failure == OnFailure::Continue => {
             tracing::error!(%error, "audit record could not be written; forwarding anyway (on_failure = \"continue\")");

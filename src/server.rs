@@ -118,7 +118,7 @@ pub async fn serve_then(
             }
             _ = hangup.recv() => {
                 // logrotate's postrotate signal, and the operator's "reload now".
-                if let Err(error) = gate.audit.reopen().await {
+                if let Err(error) = gate.audit.reopen() {
                     tracing::error!(%error, "the audit file could not be reopened");
                 }
                 let _ = reloader.reload(&gate);
