@@ -388,28 +388,10 @@ async fn forward(
     path_and_query: &str,
     token: Token,
 ) -> Result<Response<GateBody>, GateError> {
-    let client_headers = &parts.headers;
-    let mut headers = upstream::request_headers_for_upstream(client_headers);
-    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
-        headers.insert("x-request-id", id);
-    }
-    let forwarded_for = match client_headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(chain) => format!("{chain}, {}", exchange.peer.ip()),
-        None => exchange.peer.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
     let send = |body: GateBody, token: &Token| {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
-        *request.headers_mut() = headers.clone();
-        request
-            .headers_mut()
-            .insert("x-auth-token", token.header_value());
+        *request.headers_mut() = upstream_headers(exchange, &parts.headers, token);
         snapshot.upstream.send(request, path_and_query)
     };
     let (body, replay) = match body {
@@ -435,6 +417,27 @@ async fn forward(
         parts,
         upstream::relay_body(body).await?,
     ))
+}
+
+/// The client's headers as SWR may see them, with the request id, the client's address
+/// appended to `X-Forwarded-For` and the gateway's token.
+fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Token) -> HeaderMap {
+    let mut headers = upstream::request_headers_for_upstream(client_headers);
+    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
+        headers.insert("x-request-id", id);
+    }
+    let forwarded_for = match client_headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(chain) => format!("{chain}, {}", exchange.peer.ip()),
+        None => exchange.peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-auth-token", token.header_value());
+    headers
 }
 
 /// The running account of one request, from which its audit records are made.

@@ -154,55 +154,59 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus any
-/// the `Connection` header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// The headers a `Connection` header names: hop-by-hop for this message too.
+fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
+        .collect()
 }
 
-/// What SWR may see of the client's headers: no credential of the client's (the SDK's
-/// signature headers included), no hop-by-hop header, no framing we did not choose.
+/// A credential of the client's (the SDK's signature headers included), or framing and
+/// addressing that the gateway sets itself.
+fn is_client_credential(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "authorization"
+            | "x-auth-token"
+            | "x-security-token"
+            | "x-api-key"
+            | "cookie"
+            | "host"
+            | "content-length"
+    ) || name.starts_with("x-sdk-")
+}
+
+/// What SWR may see of the client's headers: no credential of the client's, no
+/// hop-by-hop header, no framing we did not choose. Built by copying what may pass
+/// rather than removing what may not, so an unforeseen header costs nothing extra.
 pub fn request_headers_for_upstream(client_headers: &HeaderMap) -> HeaderMap {
-    let mut headers = client_headers.clone();
-    remove_hop_by_hop(&mut headers);
-    let credential = |name: &HeaderName| {
-        let name = name.as_str();
-        matches!(
-            name,
-            "authorization"
-                | "x-auth-token"
-                | "x-security-token"
-                | "x-api-key"
-                | "cookie"
-                | "host"
-                | "content-length"
-        ) || name.starts_with("x-sdk-")
-    };
-    let names: Vec<HeaderName> = headers.keys().filter(|n| credential(n)).cloned().collect();
-    for name in names {
-        headers.remove(name);
+    let connection_named = named_by_connection(client_headers);
+    let mut headers = HeaderMap::with_capacity(client_headers.len());
+    for (name, value) in client_headers {
+        if !is_hop_by_hop(name) && !is_client_credential(name) && !connection_named.contains(name) {
+            headers.append(name.clone(), value.clone());
+        }
     }
     headers
 }
@@ -231,7 +235,11 @@ pub async fn relay_body(body: Incoming) -> Result<UpstreamBody, GateError> {
 
 /// What the client may see of SWR's answer: everything but hop-by-hop headers.
 pub fn response_headers_for_client(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
+    let mut hop_by_hop = named_by_connection(headers);
+    hop_by_hop.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
+    for name in hop_by_hop {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
