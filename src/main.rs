@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// A request allocates and frees many small objects: under callgrind glibc's malloc and
+/// free were about a fifth of a request's instructions, mimalloc's are about 7%.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "swr-gate",
