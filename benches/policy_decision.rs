@@ -3,8 +3,9 @@
 //! evaluated. Target: under 10 µs. Run: `cargo bench --bench policy_decision`.
 //!
 //! Each case runs twice: the same client and repository every time, as a CI job granting
-//! on its images does (the request's entities are cached), and a new repository every
-//! time (the entities are built for each decision).
+//! on its images does (the decision is remembered, so this measures the context and the
+//! cache), and a new repository every time (the entities are built and the policies
+//! evaluated for each decision).
 
 use std::time::SystemTime;
 

@@ -41,7 +41,7 @@ pub const SCHEMA_FILE: &str = "swr.cedarschema";
 /// The id of the resource of requests that name no repository: `Swr::Api::"swr"`.
 const API: &str = "swr";
 
-/// Entries the per-address and per-(client, repository) caches keep before starting over.
+/// Entries each cache (addresses, entity stores, decisions) keeps before starting over.
 const CACHE: usize = 4096;
 
 /// Names the rest of the configuration defines, to warn about policies that name others
@@ -161,6 +161,10 @@ pub struct Policies {
     /// transitive closure when they are stored, which costs more than deciding, and a
     /// client keeps asking about the same repositories.
     entity_stores: Mutex<HashMap<String, Arc<Entities>>>,
+    /// Decisions by everything they depend on ([`DecisionInput`]): the same client
+    /// sending the same kind of grant again is the common case, and Cedar re-evaluating
+    /// it costs more than everything else the gateway does for a request.
+    decisions: Mutex<HashMap<String, Decision>>,
     about: HashMap<String, About>,
     files: Vec<Source>,
     warnings: Vec<String>,
@@ -436,6 +440,7 @@ impl Policies {
             grouped_actions,
             ips: Mutex::new(HashMap::new()),
             entity_stores: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(HashMap::new()),
             about,
             files,
             warnings,
@@ -590,18 +595,34 @@ impl Policies {
 
     /// Decide one request: the enforced set decides, the shadow set is only reported.
     pub fn decide(&self, query: &Query) -> Result<Decision, GateError> {
-        let internal = |e: String| {
-            GateError::new(
-                ErrorKind::Internal,
-                format!("the policy request could not be built: {e}"),
-            )
-        };
         let (enforced, shadow, reads) = match self.by_action.get(query.action) {
             Some(sets) => (&sets.enforced, &sets.shadow, sets.reads.as_ref()),
             None => (&self.enforced, &self.shadow, None),
         };
-        let request = self.request(query, reads, None).map_err(internal)?;
-        let entities = self.entities(query).map_err(internal)?;
+        let input = DecisionInput { query, reads };
+        let decided = match serde_json::to_string(&input) {
+            Ok(key) => cached(&self.decisions, key, || {
+                self.evaluate(query, reads, enforced, shadow)
+            }),
+            Err(error) => Err(error.to_string()),
+        };
+        decided.map_err(|e| {
+            GateError::new(
+                ErrorKind::Internal,
+                format!("the policy request could not be built: {e}"),
+            )
+        })
+    }
+
+    fn evaluate(
+        &self,
+        query: &Query,
+        reads: Option<&BTreeSet<String>>,
+        enforced: &PolicySet,
+        shadow: &PolicySet,
+    ) -> Result<Decision, String> {
+        let request = self.request(query, reads, None)?;
+        let entities = self.entities(query)?;
 
         let response = self.authorizer.is_authorized(&request, enforced, &entities);
         let mut allowed = response.decision() == CedarDecision::Allow;
@@ -762,6 +783,52 @@ impl Policies {
         Entities::from_entities(entities, None)
             .map(Arc::new)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// What a decision depends on, as the key of the decision cache: the principal with its
+/// groups, the action, the resource, and the context attributes the action's policies
+/// read. Nothing else reaches Cedar, which has no clock and no randomness, and the
+/// entities come from the snapshot the cache lives in; so equal keys, equal decisions.
+struct DecisionInput<'a> {
+    query: &'a Query<'a>,
+    reads: Option<&'a BTreeSet<String>>,
+}
+
+impl Serialize for DecisionInput<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (query, context) = (self.query, self.query.context);
+        let wanted = |name: &str| self.reads.is_none_or(|reads| reads.contains(name));
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("client", query.client)?;
+        map.serialize_entry("groups", query.groups)?;
+        map.serialize_entry("action", query.action)?;
+        // They name the resource, read or not.
+        map.serialize_entry("namespace", &context.namespace)?;
+        map.serialize_entry("repository", &context.repository)?;
+        macro_rules! attribute {
+            ($($name:ident),*) => {$(
+                if wanted(stringify!($name)) {
+                    map.serialize_entry(stringify!($name), &context.$name)?;
+                }
+            )*};
+        }
+        attribute!(
+            grants,
+            max_auth,
+            grant_count,
+            user_ids,
+            user_names,
+            access_domain,
+            permit,
+            deadline_forever,
+            deadline_days,
+            has_description,
+            client_ip,
+            auth_method
+        );
+        map.end()
     }
 }
 
@@ -1416,6 +1483,43 @@ mod tests {
             refusal.message,
             "no policy permits create_user_repository_auth on team-a/group/app for client ci-bot"
         );
+    }
+
+    #[test]
+    fn a_remembered_decision_is_the_one_a_fresh_evaluation_makes() {
+        let remembering = shipped();
+        let bodies = [
+            grants(&[1]),
+            grants(&[1, 3]),
+            grants(&[3, 7]),
+            grants(&[7]),
+            sharing(&at(86_400 * 10), Some("release")),
+            sharing(&at(86_400 * 100), Some("release")),
+            sharing("forever", Some("release")),
+            sharing(&at(86_400 * 10), None),
+        ];
+        let actions = [
+            "create_user_repository_auth",
+            "update_user_repository_auth",
+            "update_repo_domains",
+            FORWARD,
+        ];
+        let groups: [&[&str]; 4] = [&["team-a-ci"], &["admins"], &["release"], &[]];
+        // Twice over, so that the second round is answered from the cache.
+        for _ in 0..2 {
+            for body in &bodies {
+                let context = context(body);
+                for action in actions {
+                    for groups in groups {
+                        assert_eq!(
+                            decide(&remembering, groups, action, &context),
+                            decide(&shipped(), groups, action, &context),
+                            "{action} by {groups:?} with {body}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
