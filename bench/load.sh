@@ -14,6 +14,8 @@
 #   LATENCY_DURATION     that run's length per target                       (default 5s)
 #   WARMUP       unmeasured run before each measured one                    (default 2s)
 #   AUDIT_FSYNC  swr-gate's [audit] fsync: always, batch or never           (default batch)
+#   VARY_REPOSITORY  1: every request names a repository of its own (app-<n>), so
+#                swr-gate remembers no policy decision: its worst case     (default 0)
 #   PIN          auto: wrk on one CPU, the servers on another (needs 2 CPUs
 #                and taskset); 0: no pinning                                (default auto)
 #   SKIP_BUILD   1: use target/release/swr-gate as it is, without cargo build
@@ -41,6 +43,7 @@ readonly LATENCY_DURATION="${LATENCY_DURATION:-5s}"
 readonly WARMUP="${WARMUP:-2s}"
 readonly PIN="${PIN:-auto}"
 readonly AUDIT_FSYNC="${AUDIT_FSYNC:-batch}"
+readonly VARY_REPOSITORY="${VARY_REPOSITORY:-0}"
 
 readonly REQUEST_PATH="/v2/manage/namespaces/team-a/repos/app/access"
 readonly BODY='[{"user_id":"fb3f175c1fd146ab8cdae3272be6107b","user_name":"user01","auth":7}]'
@@ -82,6 +85,8 @@ readonly DURATION_S WARMUP_S LATENCY_DURATION_S
     die "LATENCY_CONNECTIONS must be a positive integer, not '$LATENCY_CONNECTIONS'"
 ((LATENCY_DURATION_S >= 1)) || die "LATENCY_DURATION must be at least 1s"
 [[ $AUDIT_FSYNC =~ ^(always|batch|never)$ ]] || die "AUDIT_FSYNC must be always, batch or never"
+[[ $VARY_REPOSITORY =~ ^[01]$ ]] || die "VARY_REPOSITORY must be 0 or 1"
+export BENCH_VARY_REPOSITORY=$VARY_REPOSITORY
 
 # --- 1. tools -----------------------------------------------------------------------------
 
@@ -538,7 +543,7 @@ done
 
 echo
 echo "swr-gate load benchmark: POST $REQUEST_PATH, wrk -t1 -c$CONNECTIONS -d$DURATION," \
-    "audit fsync = $AUDIT_FSYNC"
+    "audit fsync = $AUDIT_FSYNC, a new repository per request: $([[ $VARY_REPOSITORY == 1 ]] && echo yes || echo no)"
 echo "pinning: $PINNING"
 echo "$HOST_INFO"
 printf '%-9s %9s %8s %8s %9s %7s %8s | %8s %8s %8s %8s\n' target "req/s" "p50 ms" "p99 ms" \
