@@ -1,7 +1,8 @@
 //! swr-gate: a policy gateway in front of Huawei Cloud SWR's permission API.
 //!
 //! A request goes through [`pipeline`]: [`route`] → [`auth`] → [`body`] → [`schema`] →
-//! [`policy`] → [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`].
+//! [`policy`] → [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`];
+//! requests are served on the single-threaded runtimes of [`workers`].
 
 pub mod admin;
 pub mod audit;
@@ -26,3 +27,4 @@ pub mod schema;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;
+pub mod workers;

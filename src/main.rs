@@ -240,8 +240,13 @@ fn audit(action: AuditAction) -> ExitCode {
     }
 }
 
+/// The main thread's runtime: signals, reloads, the admin endpoints. Requests are served
+/// on runtimes of their own (`swr_gate::workers`).
 fn run(task: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}")),
     };

@@ -1,5 +1,7 @@
 //! Listening: plain TCP or TLS, HTTP/1.1 and HTTP/2 on the same port (h2c by prior
 //! knowledge, or ALPN under TLS), slow clients cut off, graceful shutdown on SIGTERM.
+//! Connections are accepted and served on the request threads of [`crate::workers`];
+//! this module's main loop only answers signals.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
@@ -28,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, Gate, Peer};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
+use crate::workers::Workers;
 
 /// Largest request head (request line plus headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -92,9 +96,52 @@ pub async fn serve_then(
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(listen = %local, tls = gate.snapshot.load().tls.is_some(), "swr-gate listening");
+    let listener = listener.into_std().map_err(|e| e.to_string())?;
+    let workers = Workers::start(|stop| {
+        let listener = listener
+            .try_clone()
+            .and_then(TcpListener::from_std)
+            .map_err(|e| format!("cannot share the listening socket: {e}"))?;
+        Ok(accept(listener, gate.clone(), limits, grace, stop))
+    })?;
+    drop(listener);
+    tracing::info!(listen = %local, tls = gate.snapshot.load().tls.is_some(), threads = crate::workers::count(), "swr-gate listening");
     on_listening(local);
 
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                // logrotate's postrotate signal, and the operator's "reload now".
+                if let Err(error) = gate.audit.reopen() {
+                    tracing::error!(%error, "the audit file could not be reopened");
+                }
+                let _ = reloader.reload(&gate);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight requests");
+    if !workers.stop().await? {
+        tracing::warn!("grace period over; closed the connections still open");
+    }
+    gate.audit
+        .flush()
+        .await
+        .map_err(|e| format!("the audit trail could not be flushed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One request thread's work: accept and serve connections until `stop`, then let the
+/// open ones finish within `grace`. Whether they did.
+async fn accept(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    limits: ConnectionLimits,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -116,31 +163,14 @@ pub async fn serve_then(
                     serve_connection(stream, peer, tls, gate, limits, watcher).await;
                 });
             }
-            _ = hangup.recv() => {
-                // logrotate's postrotate signal, and the operator's "reload now".
-                if let Err(error) = gate.audit.reopen() {
-                    tracing::error!(%error, "the audit file could not be reopened");
-                }
-                let _ = reloader.reload(&gate);
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            // A closed channel (the main thread gone) stops too.
+            _ = async { drop(stop.wait_for(|stop| *stop).await) } => break,
         }
     }
     drop(listener);
-    tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    tokio::time::timeout(grace, graceful.shutdown())
         .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; closing the connections still open");
-    }
-    gate.audit
-        .flush()
-        .await
-        .map_err(|e| format!("the audit trail could not be flushed: {e}"))?;
-    tracing::info!("stopped");
-    Ok(())
+        .is_ok()
 }
 
 #[derive(Clone, Copy)]

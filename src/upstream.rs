@@ -23,7 +23,9 @@ use crate::error::{ErrorKind, GateError};
 pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// A pool per request thread, so that a request never waits on a connection that
+    /// another thread's runtime drives.
+    clients: Vec<Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
     scheme_authority: String,
     authority: HeaderValue,
     base_path: String,
@@ -86,15 +88,19 @@ impl Upstream {
     pub fn from_config(config: &Config) -> Result<Upstream, String> {
         let url = &config.upstream.url;
         let connector = connector(config)?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let clients = (0..crate::workers::count())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build(connector.clone())
+            })
+            .collect();
         let authority = url
             .authority()
             .ok_or("[upstream] url has no host")?
             .as_str();
         Ok(Upstream {
-            client,
+            clients,
             scheme_authority: format!("{}://{authority}", url.scheme_str().unwrap_or("https")),
             authority: HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
             base_path: url.path().trim_end_matches('/').to_owned(),
@@ -120,7 +126,8 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, self.authority.clone());
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let client = &self.clients[crate::workers::index() % self.clients.len()];
+        match tokio::time::timeout(self.timeout, client.request(request)).await {
             Err(_) => Err(GateError::new(
                 ErrorKind::UpstreamTimeout,
                 format!(

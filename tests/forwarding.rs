@@ -206,6 +206,26 @@ fn upstream_down_slow_and_resetting_give_contract_errors() {
 }
 
 #[test]
+fn sigterm_lets_a_request_in_flight_finish_and_refuses_new_connections() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::Slow(Duration::from_millis(1500)));
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| gate.json("POST", CREATE, &grants(1)));
+        std::thread::sleep(Duration::from_millis(400));
+        signal(gate.pid(), "TERM");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            std::net::TcpStream::connect(gate.addr).is_err(),
+            "no new connection is accepted once SIGTERM came"
+        );
+        assert_eq!(in_flight.join().unwrap().status, 201);
+    });
+    assert!(gate.stop().success(), "exit 0 after draining");
+    assert_eq!(swr.received().len(), 1);
+}
+
+#[test]
 fn no_token_means_503_and_nothing_forwarded() {
     let swr = StandInSwr::start();
     let gate = Gateway::start_with(&swr.url(), "", |c| {
