@@ -23,7 +23,9 @@
 #
 # The same request goes to each target: POST /v2/manage/namespaces/team-a/repos/app/access
 # with a JSON grant and an X-Api-Key header (see bench/post.lua). Targets: direct to the
-# stand-in, through nginx, through swr-gate. Each target is run twice: saturated
+# stand-in, through nginx, through swr-gate, and through bare-hyper (examples/bare_proxy.rs:
+# the HTTP stack swr-gate is built on with none of its checks, so a run also shows how much
+# of the distance to nginx is the stack's). Each target is run twice: saturated
 # (CONNECTIONS), for requests/s, p50 and p99 and the throughput ratio swr-gate/nginx
 # (target >= 0.8x); then unsaturated (LATENCY_CONNECTIONS), for the latency each proxy adds
 # to a request over going direct (target for swr-gate: p99 under 1 ms added).
@@ -127,14 +129,19 @@ readonly NGINX
 # --- 2. build -------------------------------------------------------------------------------
 
 readonly GATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/swr-gate"
+readonly BARE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bare_proxy"
 if [[ ${SKIP_BUILD:-0} == 1 ]]; then
     note "SKIP_BUILD=1: using $GATE_BIN as it is"
 else
-    note "building swr-gate (cargo build --release) ..."
-    (cd "$ROOT" && cargo build --release) ||
+    note "building swr-gate and examples/bare_proxy (cargo build --release) ..."
+    (cd "$ROOT" && cargo build --release --bin swr-gate --example bare_proxy) ||
         die "cargo build --release failed (src/ mid-edit?); SKIP_BUILD=1 benchmarks the last built binary"
 fi
 [[ -x $GATE_BIN ]] || die "no gateway binary at $GATE_BIN"
+# The stack-only baseline is worth having, not worth failing for (SKIP_BUILD with an old tree).
+if [[ ! -x $BARE_BIN ]]; then
+    note "no $BARE_BIN: the bare-hyper target is left out"
+fi
 
 # --- 3. processes, temp dir, cleanup --------------------------------------------------------
 
@@ -249,7 +256,8 @@ wait_for_port() {
 free_port UPSTREAM_PORT
 free_port PROXY_PORT
 free_port GATE_PORT
-readonly UPSTREAM_PORT PROXY_PORT GATE_PORT
+free_port BARE_PORT
+readonly UPSTREAM_PORT PROXY_PORT GATE_PORT BARE_PORT
 
 # The parts both nginx configs share: everything inside the temp dir, nothing from
 # /etc/nginx or /var/lib/nginx, so no system config and no root needed.
@@ -356,6 +364,17 @@ PIDS+=("$!")
 wait_for_port swr-gate "$!" "$GATE_PORT" "$WORK/gate.log"
 readonly GATE_PID="${PIDS[-1]}"
 
+# BARE-HYPER: swr-gate's HTTP stack alone, same pinning.
+BARE_PID=""
+if [[ -x $BARE_BIN ]]; then
+    "${SERVER_PIN[@]}" "$BARE_BIN" "127.0.0.1:$BARE_PORT" "http://127.0.0.1:$UPSTREAM_PORT" \
+        >"$WORK/bare.log" 2>&1 &
+    PIDS+=("$!")
+    wait_for_port bare-hyper "$!" "$BARE_PORT" "$WORK/bare.log"
+    BARE_PID="${PIDS[-1]}"
+fi
+readonly BARE_PID
+
 # --- 4. sanity: one request through each must come back 201 ---------------------------------
 
 sanity() {
@@ -375,16 +394,20 @@ sanity() {
 readonly DIRECT_URL="http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH"
 readonly PROXY_URL="http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
 readonly GATE_URL="http://127.0.0.1:$GATE_PORT$REQUEST_PATH"
+readonly BARE_URL="http://127.0.0.1:$BARE_PORT$REQUEST_PATH"
 sanity direct "$DIRECT_URL"
 sanity nginx "$PROXY_URL"
 sanity swr-gate "$GATE_URL"
+if [[ -n $BARE_PID ]]; then
+    sanity bare-hyper "$BARE_URL"
+fi
 
 # --- 5. load --------------------------------------------------------------------------------
 
 # Other work on this machine (a cargo build, say) skews every number; say so up front.
 busy="$(pgrep -x 'cargo|rustc' | wc -l || true)"
 read -r load1 _ </proc/loadavg
-note "targets: direct :$UPSTREAM_PORT, nginx :$PROXY_PORT, swr-gate :$GATE_PORT"
+note "targets: direct :$UPSTREAM_PORT, nginx :$PROXY_PORT, swr-gate :$GATE_PORT, bare-hyper :$BARE_PORT"
 note "pinning: $PINNING"
 HOST_INFO="host: $(nproc) CPUs, load average $load1 at start, cargo/rustc processes running: $busy"
 readonly HOST_INFO
@@ -476,10 +499,15 @@ child_ticks() {
     printf -v "$1" '%s' "$ticks"
 }
 
+bare_ticks() {
+    if [[ -n $BARE_PID ]]; then ticks_of "$BARE_PID"; else echo 0; fi
+}
+
 declare -A CPU_START
 cpu_mark() {
     CPU_START=([machine]="$(machine_ticks)" [upstream]="$(ticks_of "$UPSTREAM_PID")"
         [proxy]="$(ticks_of "$PROXY_PID")" [gate]="$(ticks_of "$GATE_PID")"
+        [bare]="$(bare_ticks)"
         [softirq]="$(softirq_ticks)" [wall]="$EPOCHREALTIME")
     child_ticks 'CPU_START[children]'
 }
@@ -487,30 +515,36 @@ cpu_mark() {
 # Record for target $1 the share of one CPU, in percent, that the upstream, the proxy
 # under test (none for direct), wrk, and everything else on the machine used since cpu_mark.
 cpu_since_mark() {
-    local target=$1 machine upstream proxy gate softirq children wall tested
+    local target=$1 machine upstream proxy gate bare softirq children wall tested
     child_ticks children
     children=$((children - CPU_START[children]))
     machine=$(($(machine_ticks) - CPU_START[machine]))
     upstream=$(($(ticks_of "$UPSTREAM_PID") - CPU_START[upstream]))
     proxy=$(($(ticks_of "$PROXY_PID") - CPU_START[proxy]))
     gate=$(($(ticks_of "$GATE_PID") - CPU_START[gate]))
+    bare=$(($(bare_ticks) - CPU_START[bare]))
     softirq=$(($(softirq_ticks) - CPU_START[softirq]))
     wall="$(calc "print $EPOCHREALTIME - ${CPU_START[wall]}")"
     case $target in
         nginx) tested=$proxy ;;
         swr-gate) tested=$gate ;;
+        bare-hyper) tested=$bare ;;
         *) tested=-1 ;;
     esac
     read -r CPU_UP["$target"] CPU_TESTED["$target"] CPU_WRK["$target"] CPU_OTHER["$target"] < <(
         calc "w = $wall * $HZ / 100
-            o = $machine - $upstream - $proxy - $gate - $softirq - $children
+            o = $machine - $upstream - $proxy - $gate - $bare - $softirq - $children
             printf \"%.0f %.0f %.0f %.0f\\n\", $upstream / w, ($tested < 0 ? -1 : $tested / w),
                 $children / w, (o < 0 ? 0 : o / w)")
 }
 
 declare -A RPS P50 P99 REQS NON2XX SOCKERR SOCKDETAIL WARM_REQS CPU_UP CPU_TESTED CPU_WRK CPU_OTHER
 TARGETS=(direct nginx swr-gate)
-declare -A URL=([direct]="$DIRECT_URL" [nginx]="$PROXY_URL" [swr-gate]="$GATE_URL")
+if [[ -n $BARE_PID ]]; then
+    TARGETS+=(bare-hyper)
+fi
+declare -A URL=([direct]="$DIRECT_URL" [nginx]="$PROXY_URL" [swr-gate]="$GATE_URL"
+    [bare-hyper]="$BARE_URL")
 
 for target in "${TARGETS[@]}"; do
     note "wrk against $target: ${WARMUP} warm-up, then ${DURATION} measured, ${CONNECTIONS} connections ..."
@@ -546,12 +580,12 @@ echo "swr-gate load benchmark: POST $REQUEST_PATH, wrk -t1 -c$CONNECTIONS -d$DUR
     "audit fsync = $AUDIT_FSYNC, a new repository per request: $([[ $VARY_REPOSITORY == 1 ]] && echo yes || echo no)"
 echo "pinning: $PINNING"
 echo "$HOST_INFO"
-printf '%-9s %9s %8s %8s %9s %7s %8s | %8s %8s %8s %8s\n' target "req/s" "p50 ms" "p99 ms" \
+printf '%-10s %9s %8s %8s %9s %7s %8s | %8s %8s %8s %8s\n' target "req/s" "p50 ms" "p99 ms" \
     requests non-2xx "sock err" upstream proxy wrk other
 for target in "${TARGETS[@]}"; do
     tested="${CPU_TESTED[$target]}%"
     [[ $tested != -1% ]] || tested="-"
-    printf '%-9s %9.0f %8.3f %8.3f %9d %7d %8d | %7d%% %8s %7d%% %7d%%\n' "$target" "${RPS[$target]}" \
+    printf '%-10s %9.0f %8.3f %8.3f %9d %7d %8d | %7d%% %8s %7d%% %7d%%\n' "$target" "${RPS[$target]}" \
         "${P50[$target]}" "${P99[$target]}" "${REQS[$target]}" "${NON2XX[$target]}" \
         "${SOCKERR[$target]}" "${CPU_UP[$target]}" "$tested" "${CPU_WRK[$target]}" "${CPU_OTHER[$target]}"
 done
@@ -567,6 +601,10 @@ echo
 ratio="$(calc "r = ${RPS[nginx]} > 0 ? ${RPS[swr-gate]} / ${RPS[nginx]} : 0; printf \"%.2f\", r")"
 verdict="$(calc "print ($ratio >= 0.8) ? \"met\" : \"MISSED\"")"
 echo "throughput ratio swr-gate / nginx = ${ratio}x (target >= 0.8x: $verdict)"
+if [[ -n $BARE_PID ]]; then
+    echo "  the stack alone, bare-hyper / nginx = $(calc "printf \"%.2f\", ${RPS[bare-hyper]} / ${RPS[nginx]}")x;" \
+        "swr-gate's checks keep $(calc "printf \"%.2f\", ${RPS[swr-gate]} / ${RPS[bare-hyper]}")x of the stack's throughput"
+fi
 
 # Added latency: proxy minus direct, of the p50 or p99 in array $1.
 added() {
@@ -579,6 +617,9 @@ echo "added latency over direct, ${LATENCY_CONNECTIONS} connection(s), no queuei
 printf '  (p50/p99 ms: direct %.3f/%.3f, nginx %.3f/%.3f, swr-gate %.3f/%.3f)\n' \
     "${LAT_P50[direct]}" "${LAT_P99[direct]}" "${LAT_P50[nginx]}" "${LAT_P99[nginx]}" \
     "${LAT_P50[swr-gate]}" "${LAT_P99[swr-gate]}"
+if [[ -n $BARE_PID ]]; then
+    echo "  bare-hyper p50 $(added LAT_P50 bare-hyper) ms, p99 $(added LAT_P99 bare-hyper) ms"
+fi
 verdict="$(calc "print (${LAT_P99[swr-gate]} - ${LAT_P99[direct]} < 1) ? \"met\" : \"MISSED\"")"
 echo "  target swr-gate p99 < +1 ms: $verdict"
 echo "added latency over direct at $CONNECTIONS connections (saturated, mostly queueing):" \
