@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{header, Request, Response, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,13 +22,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use swr_gate::upstream;
 use swr_gate::workers::Workers;
 use tokio::net::TcpListener;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type ProxyBody = upstream::UpstreamBody;
 type Upstream = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -58,19 +58,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// swr-gate's own connector and pool, with its default 3 s connect timeout.
 fn client() -> Result<Upstream, String> {
-    let tls = swr_gate::upstream::tls_client_config(None)?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector))
+    let connector = upstream::https_connector(None, Duration::from_secs(3))?;
+    Ok(upstream::pool(connector))
 }
 
 async fn serve(

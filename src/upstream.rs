@@ -65,17 +65,19 @@ pub fn tls_client_config(
 /// The HTTP/1.1 connector for SWR, and for IAM: the same trust roots (`[upstream]
 /// ca_file` included) and connect timeout for both.
 pub fn connector(config: &Config) -> Result<HttpsConnector<HttpConnector>, String> {
-    let tls = tls_client_config(
-        config
-            .upstream
-            .ca_file
-            .as_ref()
-            .map(|p| config.resolve(p))
-            .as_deref(),
-    )?;
+    let extra_ca = config.upstream.ca_file.as_ref().map(|p| config.resolve(p));
+    https_connector(extra_ca.as_deref(), config.upstream.connect_timeout)
+}
+
+/// An HTTP/1.1 connector speaking plain HTTP or TLS (webpki roots plus `extra_ca`).
+pub fn https_connector(
+    extra_ca: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, String> {
+    let tls = tls_client_config(extra_ca)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    http.set_connect_timeout(Some(config.upstream.connect_timeout));
+    http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -84,16 +86,21 @@ pub fn connector(config: &Config) -> Result<HttpsConnector<HttpConnector>, Strin
         .wrap_connector(http))
 }
 
+/// A connection pool to SWR; each request thread has its own.
+pub fn pool(
+    connector: HttpsConnector<HttpConnector>,
+) -> Client<HttpsConnector<HttpConnector>, UpstreamBody> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
 impl Upstream {
     pub fn from_config(config: &Config) -> Result<Upstream, String> {
         let url = &config.upstream.url;
         let connector = connector(config)?;
         let clients = (0..crate::workers::count())
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .build(connector.clone())
-            })
+            .map(|_| pool(connector.clone()))
             .collect();
         let authority = url
             .authority()
