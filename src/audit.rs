@@ -1,8 +1,10 @@
 //! The audit trail: one JSON line per outcome (contract §5), hash-chained so that an
 //! edited, deleted or reordered record is detectable.
 //!
-//! A record is in the file before the request it is about goes on; syncing the file to
-//! disk is left to a thread of its own, so no request thread waits in fsync.
+//! A record is in the file before the request it is about goes on. The records of the
+//! requests a runtime thread works on in one turn go to the file in one write(2), and
+//! syncing the file to disk is left to a thread of its own, so no request thread waits in
+//! fsync.
 //! [`review`] reads trails back: `audit verify` and `audit query`.
 
 pub mod review;
@@ -166,10 +168,11 @@ impl Chain {
 
 /// The handle requests use to write records.
 ///
-/// A record is appended on the requesting thread, under a lock that keeps the chain in
-/// order: a guarded request has to wait for its record to be in the file anyway (contract
-/// §3, `fsync`), and handing the write to another thread cost two thread wake-ups per
-/// record for a write(2) into the page cache that takes microseconds. What can take
+/// A record is sealed into the chain on the requesting thread, under a lock that keeps
+/// the chain in order, and waits in a buffer while the other requests that are ready on
+/// that thread seal theirs; the first of them to go on writes the buffer out for all, so
+/// under load one write(2) carries many records instead of one each. A guarded request has
+/// to wait for its record to be in the file anyway (contract §3, `fsync`); what can take
 /// milliseconds, the fsync, stays on its own thread.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -207,8 +210,12 @@ impl AuditLog {
         let writer = Arc::new(Mutex::new(Writer {
             sink,
             chain,
+            written_prev: prev.clone(),
             prev,
-            appended: 0,
+            pending: Vec::with_capacity(64 * 1024),
+            sealed: 0,
+            settled: 0,
+            lost: Vec::new(),
             last_rotation_check: Instant::now(),
         }));
         let syncer = match (config.audit.fsync, is_file) {
@@ -225,7 +232,7 @@ impl AuditLog {
 
     /// Write one record; returns once it is in the file (and on disk with `fsync = "always"`).
     pub async fn write(&self, record: &Record) -> io::Result<()> {
-        let number = self.append(record)?;
+        let number = self.append(record).await?;
         match &self.syncer {
             Some(syncer) if syncer.window.is_zero() => syncer.on_disk(number).await,
             _ => Ok(()),
@@ -234,26 +241,46 @@ impl AuditLog {
 
     /// Write one record without waiting for the disk, whatever `fsync` says: for records
     /// nothing waits on (the `completed` one, once the answer is known).
-    pub fn submit(&self, record: &Record) -> io::Result<()> {
-        self.append(record).map(|_| ())
+    pub async fn submit(&self, record: &Record) -> io::Result<()> {
+        self.append(record).await.map(|_| ())
     }
 
-    fn append(&self, record: &Record) -> io::Result<u64> {
-        let appended = self.lock().append(record);
-        self.health
-            .writable
-            .store(appended.is_ok(), Ordering::Relaxed);
-        match appended {
-            Ok(number) => {
-                if let Some(syncer) = &self.syncer {
-                    syncer.ask(number);
+    /// Seal `record` into the chain and return once it is in the file: its number.
+    async fn append(&self, record: &Record) -> io::Result<u64> {
+        let sealed = Sealed {
+            log: self,
+            number: self.lock().seal(record),
+            settled: false,
+        };
+        // The other requests that are ready on this thread seal their records meanwhile,
+        // and the first to come back writes them all.
+        tokio::task::yield_now().await;
+        sealed.settle()
+    }
+
+    /// Have record `number` written (with everything sealed before it, if nobody has yet);
+    /// whether it reached the file.
+    fn settle(&self, number: u64) -> io::Result<u64> {
+        let mut writer = self.lock();
+        if writer.settled < number {
+            let (records, outcome) = writer.write_pending();
+            self.health
+                .writable
+                .store(outcome.is_ok(), Ordering::Relaxed);
+            match outcome {
+                Ok(()) => {
+                    if let Some(syncer) = &self.syncer {
+                        syncer.ask(writer.settled);
+                    }
                 }
-                Ok(number)
+                Err(_) => {
+                    self.health.failures.fetch_add(records, Ordering::Relaxed);
+                }
             }
-            Err(error) => {
-                self.health.failures.fetch_add(1, Ordering::Relaxed);
-                Err(error)
-            }
+        }
+        match writer.claim_loss(number) {
+            Some(error) => Err(error),
+            None => Ok(number),
         }
     }
 
@@ -276,11 +303,9 @@ impl AuditLog {
     pub async fn flush(&self) -> io::Result<()> {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
-            writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .sink
-                .sync()
+            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            writer.write_pending().1?;
+            writer.sink.sync()
         })
         .await
         .map_err(io::Error::other)?
@@ -288,7 +313,10 @@ impl AuditLog {
 
     /// Reopen the file at the configured path (after rotation); the chain goes on.
     pub fn reopen(&self) -> io::Result<()> {
-        self.lock().sink.reopen()
+        let mut writer = self.lock();
+        // What the old file's chain ends with goes into the old file.
+        let _ = writer.write_pending();
+        writer.sink.reopen()
     }
 }
 
@@ -432,20 +460,80 @@ impl Sink {
     }
 }
 
-/// The trail's end: where the next record goes and what it chains to.
+/// A record sealed into the chain whose request waits for it to be in the file. Dropped
+/// unsettled (the request was cancelled), it still has its record written, so a sealed
+/// record never lingers in the buffer.
+struct Sealed<'a> {
+    log: &'a AuditLog,
+    number: u64,
+    settled: bool,
+}
+
+impl Sealed<'_> {
+    fn settle(mut self) -> io::Result<u64> {
+        self.settled = true;
+        self.log.settle(self.number)
+    }
+}
+
+impl Drop for Sealed<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.log.settle(self.number);
+        }
+    }
+}
+
+/// The trail's end: what the next record chains to, and the records sealed but not yet
+/// written.
 struct Writer {
     sink: Sink,
     chain: Chain,
-    /// Hash of the last record written: the next record's `prev`.
+    /// Hash of the last record sealed: the next record's `prev`.
     prev: String,
-    /// Records appended since start: the syncer is told how far it has to sync.
-    appended: u64,
+    /// Hash of the last record in the file: where the chain goes on if the pending
+    /// records cannot be written.
+    written_prev: String,
+    /// Sealed lines, newline-terminated, waiting for one write.
+    pending: Vec<u8>,
+    /// Records sealed since start; a record's number is its place in this count.
+    sealed: u64,
+    /// Records up to this number have been written or lost.
+    settled: u64,
+    /// Records that could not be written and whose requests have not been told yet.
+    lost: Vec<Loss>,
     last_rotation_check: Instant,
 }
 
+/// Records `first..=last` failed to be written; `untold` of them still have a request
+/// waiting to hear it.
+struct Loss {
+    first: u64,
+    last: u64,
+    untold: u64,
+    error: io::ErrorKind,
+    message: String,
+}
+
 impl Writer {
-    /// Append one record; its number, for waiting until it is on disk.
-    fn append(&mut self, record: &Record) -> io::Result<u64> {
+    /// Chain `record` on and put its line in the buffer; its number.
+    fn seal(&mut self, record: &Record) -> u64 {
+        let (line, hash) = self.chain.seal(record, &self.prev);
+        self.pending.extend_from_slice(&line);
+        self.pending.push(b'\n');
+        self.prev = hash;
+        self.sealed += 1;
+        self.sealed
+    }
+
+    /// Write the buffer out in one append: how many records it held, and whether they are
+    /// in the file. Records that could not be written leave the chain, which goes on from
+    /// the last record in the file.
+    fn write_pending(&mut self) -> (u64, io::Result<()>) {
+        let records = self.sealed - self.settled;
+        if records == 0 {
+            return (0, Ok(()));
+        }
         if self.last_rotation_check.elapsed() >= ROTATION_CHECK {
             self.last_rotation_check = Instant::now();
             if self.sink.rotated() {
@@ -455,12 +543,39 @@ impl Writer {
                 }
             }
         }
-        let (mut line, hash) = self.chain.seal(record, &self.prev);
-        line.push(b'\n');
-        self.sink.append(&line)?;
-        self.prev = hash;
-        self.appended += 1;
-        Ok(self.appended)
+        let outcome = self.sink.append(&self.pending);
+        self.pending.clear();
+        match &outcome {
+            Ok(()) => self.written_prev.clone_from(&self.prev),
+            Err(error) => {
+                self.prev.clone_from(&self.written_prev);
+                self.lost.push(Loss {
+                    first: self.settled + 1,
+                    last: self.sealed,
+                    untold: records,
+                    error: error.kind(),
+                    message: error.to_string(),
+                });
+            }
+        }
+        self.settled = self.sealed;
+        (records, outcome)
+    }
+
+    /// Why record `number` could not be written, if it could not; each request hears it
+    /// once, so the account of losses stays as small as the requests still waiting.
+    fn claim_loss(&mut self, number: u64) -> Option<io::Error> {
+        let at = self
+            .lost
+            .iter()
+            .position(|loss| (loss.first..=loss.last).contains(&number))?;
+        let loss = &mut self.lost[at];
+        let error = io::Error::new(loss.error, loss.message.clone());
+        loss.untold -= 1;
+        if loss.untold == 0 {
+            self.lost.swap_remove(at);
+        }
+        Some(error)
     }
 }
 
@@ -589,6 +704,53 @@ mod tests {
             duration_ms: 0.1,
             upstream_ms: None,
         }
+    }
+
+    fn writer_at(path: &str) -> Writer {
+        Writer {
+            sink: Sink::open(Path::new(path)).unwrap(),
+            chain: Chain::new(None),
+            prev: GENESIS.into(),
+            written_prev: GENESIS.into(),
+            pending: Vec::new(),
+            sealed: 0,
+            settled: 0,
+            lost: Vec::new(),
+            last_rotation_check: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn records_that_cannot_be_written_leave_the_chain_and_each_request_hears_it_once() {
+        let mut writer = writer_at("/dev/full");
+        let (first, second) = (writer.seal(&record()), writer.seal(&record()));
+        assert_ne!(writer.prev, GENESIS);
+        let (records, outcome) = writer.write_pending();
+        assert_eq!(records, 2);
+        assert!(outcome.is_err());
+        assert_eq!(
+            writer.prev, GENESIS,
+            "the chain goes on from the last written record"
+        );
+        assert!(writer.pending.is_empty());
+        assert!(writer.claim_loss(second).is_some());
+        assert!(writer.claim_loss(first).is_some());
+        assert!(writer.lost.is_empty(), "told once, forgotten");
+        assert!(writer.claim_loss(first).is_none());
+    }
+
+    #[test]
+    fn one_write_carries_every_record_sealed_before_it() {
+        let mut writer = writer_at("/dev/null");
+        for _ in 0..3 {
+            writer.seal(&record());
+        }
+        assert_eq!(writer.write_pending().0, 3);
+        assert_eq!(
+            (writer.settled, writer.written_prev.clone()),
+            (3, writer.prev.clone())
+        );
+        assert_eq!(writer.write_pending().0, 0, "nothing left to write");
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub async fn handle(
     exchange.status = Some(response.status().as_u16());
     // In the file before the answer leaves, but the answer does not wait for a sync.
     // Failures are counted in the audit log's health.
-    if let Err(error) = gate.audit.submit(&exchange.record(Stage::Completed)) {
+    if let Err(error) = gate.audit.submit(&exchange.record(Stage::Completed)).await {
         span.in_scope(|| tracing::error!(%error, "audit record could not be written"));
     }
     let observation = exchange.observation();
