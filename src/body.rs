@@ -20,7 +20,8 @@ use crate::error::{ErrorKind, GateError};
 /// Deepest nesting of arrays and objects accepted; the guarded bodies need three.
 pub const MAX_DEPTH: usize = 16;
 
-/// `application/json`, optionally with a UTF-8 charset (the SDK sends `;charset=UTF-8`).
+/// `application/json`, optionally with a UTF-8 charset (the SDK sends `;charset=UTF-8`),
+/// and no content coding.
 pub fn check_content_type(headers: &HeaderMap) -> Result<(), GateError> {
     let refuse = |what: &str| {
         GateError::new(
@@ -49,6 +50,16 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), GateError> {
             if !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("utf8") {
                 return Err(refuse(&format!("charset {charset:?} is not UTF-8")));
             }
+        }
+    }
+    // The body checked is the body as sent: an encoded one would be read one way here
+    // and another way by SWR (RFC 9110 §15.5.16: 415 for a content coding).
+    for coding in headers.get_all(http::header::CONTENT_ENCODING) {
+        if !coding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(GateError::new(
+                ErrorKind::UnsupportedMediaType,
+                "a Content-Encoding is not accepted; send the JSON body unencoded",
+            ));
         }
     }
     Ok(())
@@ -290,5 +301,13 @@ mod tests {
                 "{bad}"
             );
         }
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("content-encoding", "identity".parse().unwrap());
+        assert!(check_content_type(&headers).is_ok());
+        headers.append("content-encoding", "gzip".parse().unwrap());
+        assert_eq!(
+            check_content_type(&headers).unwrap_err().kind,
+            ErrorKind::UnsupportedMediaType
+        );
     }
 }

@@ -17,6 +17,7 @@ pub enum ErrorKind {
     BodyNotUtf8,
     MethodOverride,
     QueryNotAllowed,
+    AmbiguousMessage,
     NotAuthenticated,
     UnknownCredential,
     BadSignature,
@@ -44,7 +45,9 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             PathRejected | SchemaViolation | MalformedJson | DuplicateKey | NestingTooDeep
-            | BodyNotUtf8 | MethodOverride | QueryNotAllowed => StatusCode::BAD_REQUEST,
+            | BodyNotUtf8 | MethodOverride | QueryNotAllowed | AmbiguousMessage => {
+                StatusCode::BAD_REQUEST
+            }
             NotAuthenticated
             | UnknownCredential
             | BadSignature
@@ -77,6 +80,7 @@ impl ErrorKind {
             BodyNotUtf8 => "SWR.GATE.4000006",
             MethodOverride => "SWR.GATE.4000007",
             QueryNotAllowed => "SWR.GATE.4000008",
+            AmbiguousMessage => "SWR.GATE.4000009",
             NotAuthenticated => "SWR.GATE.4010001",
             UnknownCredential => "SWR.GATE.4010002",
             BadSignature => "SWR.GATE.4010003",
@@ -112,6 +116,7 @@ impl ErrorKind {
             BodyNotUtf8 => "body_not_utf8",
             MethodOverride => "method_override",
             QueryNotAllowed => "query_not_allowed",
+            AmbiguousMessage => "ambiguous_message",
             NotAuthenticated => "no_credential",
             UnknownCredential => "unknown_credential",
             BadSignature => "bad_signature",
@@ -139,7 +144,9 @@ impl ErrorKind {
     pub fn stage(self) -> &'static str {
         use ErrorKind::*;
         match self {
-            PathRejected | MethodOverride | QueryNotAllowed | UnmatchedRoute => "route",
+            PathRejected | MethodOverride | QueryNotAllowed | AmbiguousMessage | UnmatchedRoute => {
+                "route"
+            }
             NotAuthenticated
             | UnknownCredential
             | BadSignature

@@ -102,6 +102,7 @@ async fn process(
     let (parts, body) = request.into_parts();
     let mut body = RequestBody::Streaming(body);
     refuse_method_override(&parts.headers)?;
+    refuse_ambiguous_message(&parts)?;
 
     let resolved = snapshot
         .routes
@@ -348,6 +349,33 @@ fn refuse_method_override(headers: &HeaderMap) -> Result<(), GateError> {
                 ErrorKind::MethodOverride,
                 format!("the {name} header is refused: send the real method"),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Headers that HTTP lets a receiver read more than one way, refused before anything
+/// reads them: the message swr-gate checks has to be the one SWR gets. hyper already
+/// refuses a `Transfer-Encoding` that does not end in `chunked`; a coding before it
+/// (`gzip, chunked`) would be dropped by the gateway's re-framing, so the body SWR got
+/// would not be the one the client sent.
+fn refuse_ambiguous_message(parts: &http::request::Parts) -> Result<(), GateError> {
+    let refuse = |message: &str| Err(GateError::new(ErrorKind::AmbiguousMessage, message));
+    let hosts = parts.headers.get_all(http::header::HOST).iter().count();
+    if hosts > 1 {
+        return refuse("the request has more than one Host header");
+    }
+    if hosts == 0 && parts.version == http::Version::HTTP_11 {
+        return refuse("an HTTP/1.1 request needs a Host header");
+    }
+    let mut codings = parts
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter();
+    if let Some(first) = codings.next() {
+        let only_chunked = first.as_bytes().eq_ignore_ascii_case(b"chunked");
+        if !only_chunked || codings.next().is_some() {
+            return refuse("Transfer-Encoding may only be chunked");
         }
     }
     Ok(())

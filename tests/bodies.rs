@@ -123,6 +123,13 @@ fn content_type_must_be_json() {
         let answer = gate.send("POST", CREATE, &headers, grants(1).as_bytes());
         refused(&gate, &swr, answer, 415, "SWR.GATE.4150001");
     }
+    let encoded = [
+        ("x-api-key", API_KEY),
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
+    let answer = gate.send("POST", CREATE, &encoded, grants(1).as_bytes());
+    refused(&gate, &swr, answer, 415, "SWR.GATE.4150001");
 }
 
 #[test]
@@ -194,4 +201,44 @@ fn smuggling_framing_never_reaches_swr() {
     );
     assert_eq!(gate.send_raw(twice.as_bytes()).status, 400);
     assert_eq!(swr.received().len(), 1);
+}
+
+/// What hyper lets through but could be read two ways is refused in the contract's
+/// shape: a coding before `chunked` (the gateway's re-framing would drop it), a missing
+/// or repeated Host.
+#[test]
+fn ambiguous_framing_and_hosts_are_refused() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let body = grants(1);
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let head = format!("POST {CREATE} HTTP/1.1\r\nconnection: close\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\n");
+    for (extra, framed) in [
+        ("host: a\r\ntransfer-encoding: gzip, chunked\r\n", &chunked),
+        (
+            "host: a\r\ntransfer-encoding: identity\r\ntransfer-encoding: chunked\r\n",
+            &chunked,
+        ),
+        (
+            "host: a\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+            &chunked,
+        ),
+        (&format!("content-length: {}\r\n", body.len()), &body),
+        (
+            &format!("host: a\r\nhost: b\r\ncontent-length: {}\r\n", body.len()),
+            &body,
+        ),
+    ] {
+        let answer = gate.send_raw(format!("{head}{extra}\r\n{framed}").as_bytes());
+        refused(&gate, &swr, answer, 400, "SWR.GATE.4000009");
+    }
+    let http10 = format!(
+        "POST {CREATE} HTTP/1.0\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(
+        gate.send_raw(http10.as_bytes()).status,
+        201,
+        "HTTP/1.0 needs no Host"
+    );
 }
