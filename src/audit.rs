@@ -33,6 +33,9 @@ const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// How often the writer looks whether its file was moved away without a SIGHUP.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
+/// How often an unwritable trail is looked at again when nothing tries to write to it.
+const WRITABLE_CHECK: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
@@ -217,6 +220,7 @@ impl AuditLog {
             settled: 0,
             lost: Vec::new(),
             last_rotation_check: Instant::now(),
+            last_writable_check: Instant::now(),
         }));
         let syncer = match (config.audit.fsync, is_file) {
             (Fsync::Batch, true) => Some(Syncer::start(&writer, &health, BATCH_WINDOW)?),
@@ -294,9 +298,22 @@ impl AuditLog {
         &self.health
     }
 
-    /// Whether the last record could be written.
+    /// Whether records can be written: the last write succeeded, or, after a failure,
+    /// a look at the file (at most once a second) finds it writable again. /readyz asks
+    /// this: a gateway taken out of service for an unwritable trail gets no request whose
+    /// write could tell it that the disk has room again.
     pub fn is_writable(&self) -> bool {
-        self.health.writable.load(Ordering::Relaxed)
+        if self.health.writable.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut writer = self.lock();
+        if writer.last_writable_check.elapsed() < WRITABLE_CHECK {
+            return false;
+        }
+        writer.last_writable_check = Instant::now();
+        let writable = writer.sink.probe().is_ok();
+        self.health.writable.store(writable, Ordering::Relaxed);
+        writable
     }
 
     /// Everything written so far, synced to disk (shutdown).
@@ -316,7 +333,11 @@ impl AuditLog {
         let mut writer = self.lock();
         // What the old file's chain ends with goes into the old file.
         let _ = writer.write_pending();
-        writer.sink.reopen()
+        let reopened = writer.sink.reopen();
+        if reopened.is_err() {
+            self.health.writable.store(false, Ordering::Relaxed);
+        }
+        reopened
     }
 }
 
@@ -347,6 +368,13 @@ enum Sink {
     File {
         file: Arc<File>,
         path: PathBuf,
+    },
+    /// The path could not be opened again after the file was moved away: records are
+    /// refused rather than written into the moved file, which logrotate may compress
+    /// and delete. Opening is tried again on the next write.
+    Unopened {
+        path: PathBuf,
+        error: String,
     },
 }
 
@@ -411,6 +439,10 @@ impl Sink {
                 out.write_all(bytes)?;
                 out.flush()
             }
+            Sink::Unopened { path, error } => Err(io::Error::other(format!(
+                "the audit file {} cannot be opened: {error}",
+                path.display()
+            ))),
             Sink::File { file, .. } => {
                 let mut file: &File = file;
                 let mut written = 0;
@@ -431,17 +463,41 @@ impl Sink {
 
     fn sync(&mut self) -> io::Result<()> {
         match self {
-            Sink::Stdout => Ok(()),
+            Sink::Stdout | Sink::Unopened { .. } => Ok(()),
             Sink::File { file, .. } => file.sync_data(),
         }
+    }
+
+    /// Whether a record written now would land: the path opens, and, for a regular file,
+    /// its file system takes a block (a probe file beside it, removed at once). Nothing
+    /// is written to the trail itself, and a device or pipe is left to the next write.
+    fn probe(&mut self) -> io::Result<()> {
+        if let Sink::Unopened { .. } = self {
+            self.reopen()?;
+        }
+        let Sink::File { file, path } = self else {
+            return Err(io::Error::other("only a write can tell"));
+        };
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other("only a write can tell"));
+        }
+        let mut name = std::ffi::OsString::from(".");
+        name.push(path.file_name().unwrap_or_default());
+        name.push(".probe");
+        let probe = path.with_file_name(name);
+        let written = File::create(&probe).and_then(|mut f| f.write_all(&[0; 4096]));
+        let _ = std::fs::remove_file(&probe);
+        written
     }
 
     /// Has the path been moved away or replaced since we opened it (logrotate without
     /// SIGHUP)?
     fn rotated(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let Sink::File { file, path } = self else {
-            return false;
+        let (file, path) = match self {
+            Sink::File { file, path } => (file, path),
+            Sink::Unopened { .. } => return true,
+            Sink::Stdout => return false,
         };
         match (std::fs::metadata(path), file.metadata()) {
             (Ok(at_path), Ok(open)) => at_path.ino() != open.ino() || at_path.dev() != open.dev(),
@@ -450,13 +506,30 @@ impl Sink {
         }
     }
 
+    /// Open the path again; when that fails the sink is [`Sink::Unopened`], so that no
+    /// record goes into the file that was moved away.
     fn reopen(&mut self) -> io::Result<()> {
-        if let Sink::File { file, path } = self {
-            let _ = file.sync_data();
-            let path = path.clone();
-            *self = Sink::open(&path).map_err(io::Error::other)?;
+        let path = match self {
+            Sink::Stdout => return Ok(()),
+            Sink::File { file, path } => {
+                let _ = file.sync_data();
+                path.clone()
+            }
+            Sink::Unopened { path, .. } => path.clone(),
+        };
+        match Sink::open(&path) {
+            Ok(sink) => {
+                *self = sink;
+                Ok(())
+            }
+            Err(error) => {
+                *self = Sink::Unopened {
+                    path,
+                    error: error.clone(),
+                };
+                Err(io::Error::other(error))
+            }
         }
-        Ok(())
     }
 }
 
@@ -503,6 +576,7 @@ struct Writer {
     /// Records that could not be written and whose requests have not been told yet.
     lost: Vec<Loss>,
     last_rotation_check: Instant,
+    last_writable_check: Instant,
 }
 
 /// Records `first..=last` failed to be written; `untold` of them still have a request
@@ -653,6 +727,10 @@ impl Syncer {
             let file = match &writer.lock().unwrap_or_else(PoisonError::into_inner).sink {
                 Sink::File { file, .. } => file.clone(),
                 Sink::Stdout => return,
+                Sink::Unopened { .. } => {
+                    self.synced.send_modify(|synced| synced.through = wanted);
+                    continue;
+                }
             };
             let result = file.sync_data();
             if let Err(error) = &result {
@@ -717,6 +795,7 @@ mod tests {
             settled: 0,
             lost: Vec::new(),
             last_rotation_check: Instant::now(),
+            last_writable_check: Instant::now(),
         }
     }
 

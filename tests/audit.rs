@@ -269,6 +269,54 @@ fn rotation_by_move_and_sighup_keeps_the_chain_and_loses_nothing() {
     assert!(!ok, "files out of order break the chain");
 }
 
+/// After a rotation whose path cannot be opened again, records are refused rather than
+/// written into the moved file (logrotate may delete it); /readyz says so, and says
+/// ready again by itself once the path opens, without a request having to try.
+#[test]
+fn a_trail_that_cannot_be_reopened_refuses_until_it_can_and_readyz_follows() {
+    let swr = StandInSwr::start();
+    let admin = free_port();
+    let admin_section = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let mut gate = Gateway::start_with(&swr.url(), &admin_section, |_| {});
+    let readyz = || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let path = gate.audit_path();
+    let rotated = path.with_extension("jsonl.1");
+    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
+    std::fs::rename(&path, &rotated).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    signal(gate.pid(), "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let answer = gate.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (503, "SWR.GATE.5030002")
+    );
+    assert_eq!(swr.received().len(), 1, "nothing unaudited reaches SWR");
+    assert!(readyz().contains("audit"), "{}", readyz());
+
+    std::fs::remove_dir(&path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while readyz() != "ready\n" {
+        assert!(std::time::Instant::now() < deadline, "{}", readyz());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
+    gate.stop();
+    let (ok, output) = verify(&[&rotated, &path]);
+    assert!(ok, "{output}");
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        2
+    );
+}
+
 #[test]
 fn a_full_disk_refuses_guarded_requests_or_forwards_them_as_configured() {
     let swr = StandInSwr::start();
