@@ -346,8 +346,74 @@ pub fn hmac_key(var: &str) -> Result<Vec<u8>, String> {
     match std::env::var(var) {
         Ok(key) if !key.is_empty() => Ok(key.into_bytes()),
         _ => Err(format!(
-            "[audit] hmac_key_env: the environment variable {var} is not set"
+            "[audit] hmac_key_env: the environment variable {var} is not set, or empty"
         )),
+    }
+}
+
+/// The last complete record of a trail file (None: no record, or not a regular file),
+/// and whether a torn one follows it.
+fn last_record(file: &File, path: &Path) -> Result<(Option<Vec<u8>>, bool), String> {
+    let mut file: &File = file;
+    let metadata = file.metadata().map_err(|e| e.to_string())?;
+    if !metadata.is_file() {
+        return Ok((None, false));
+    }
+    let start = metadata.len().saturating_sub(64 * 1024);
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_to_end(&mut tail))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let torn = !tail.is_empty() && !tail.ends_with(b"\n");
+    tail.truncate(tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
+    let last = tail.split(|b| *b == b'\n').rev().find(|l| !l.is_empty());
+    Ok((last.map(<[u8]>::to_vec), torn))
+}
+
+/// The hash a new record chains to after `last`, if `last` verifies.
+fn continues(chain: &Chain, last: Option<&[u8]>, path: &Path) -> Result<String, String> {
+    let Some(last) = last else {
+        return Ok(GENESIS.into());
+    };
+    match chain.open(last) {
+        Ok((_, hash)) => Ok(hash),
+        Err(_) => Err(format!(
+            "{}: the last record does not verify (edited, or another hmac key); run `swr-gate audit verify` and move the file aside",
+            path.display()
+        )),
+    }
+}
+
+/// What `swr-gate check` can tell about `[audit]` without writing anything: the key is
+/// set, the file opens for appending (or its directory exists to create it in), and the
+/// chain in it can be continued: everything `serve` would refuse to start over.
+pub fn check(config: &Config) -> Result<(), String> {
+    let key = match &config.audit.hmac_key_env {
+        Some(var) => Some(hmac_key(var)?),
+        None => None,
+    };
+    let path = config.resolve(&config.audit.path);
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    let unusable = |e: &dyn std::fmt::Display| format!("[audit] path {}: {e}", path.display());
+    match OpenOptions::new().read(true).append(true).open(&path) {
+        Ok(file) => {
+            let (last, _) = last_record(&file, &path)?;
+            continues(&Chain::new(key), last.as_deref(), &path).map(|_| ())
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let directory = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(directory) {
+                Ok(metadata) if metadata.is_dir() => Ok(()),
+                Ok(_) => Err(unusable(&"its directory is not a directory")),
+                Err(error) => Err(unusable(&format!("its directory: {error}"))),
+            }
+        }
+        Err(error) => Err(unusable(&error)),
     }
 }
 
@@ -402,32 +468,14 @@ impl Sink {
         let Sink::File { file, path } = self else {
             return Ok(GENESIS.into());
         };
-        let mut file: &File = file;
-        let metadata = file.metadata().map_err(|e| e.to_string())?;
-        if !metadata.is_file() {
-            return Ok(GENESIS.into());
-        }
-        let start = metadata.len().saturating_sub(64 * 1024);
-        let mut tail = Vec::new();
-        file.seek(SeekFrom::Start(start))
-            .and_then(|_| file.read_to_end(&mut tail))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if !tail.is_empty() && !tail.ends_with(b"\n") {
+        let (last, torn) = last_record(file, path)?;
+        if torn {
             tracing::warn!(path = %path.display(), "the audit file ends in a torn record; it is closed and the chain continues from the last complete one");
+            let mut file: &File = file;
             file.write_all(b"\n")
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            tail.truncate(tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
         }
-        let Some(last) = tail.split(|b| *b == b'\n').rev().find(|l| !l.is_empty()) else {
-            return Ok(GENESIS.into());
-        };
-        match chain.open(last) {
-            Ok((_, hash)) => Ok(hash),
-            Err(_) => Err(format!(
-                "{}: the last record does not verify (edited, or another hmac key); run `swr-gate audit verify` and move the file aside",
-                path.display()
-            )),
-        }
+        continues(chain, last.as_deref(), path)
     }
 
     /// Append `bytes` whole or not at all: a failed write is cut back off, so a full disk

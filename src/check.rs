@@ -24,6 +24,7 @@ pub fn check(config_path: &Path) -> Report {
         }
     };
     let password = crate::iam::read_password(&config).err();
+    let audit = crate::audit::check(&config).err();
     let mut report = match Snapshot::load(config, None) {
         Ok(snapshot) => Report {
             problems: Vec::new(),
@@ -35,5 +36,6 @@ pub fn check(config_path: &Path) -> Report {
         },
     };
     report.problems.extend(password);
+    report.problems.extend(audit);
     report
 }

@@ -46,6 +46,7 @@ fn the_shipped_example_configs_pass() {
         .unwrap()
         .replace("/etc/swr-gate/tls/server.crt", &cert.display().to_string())
         .replace("/etc/swr-gate/tls/server.key", &key.display().to_string())
+        .replace("/var/log/swr-gate", &dir.path().display().to_string())
         .replace("../policies", &common::policy_dir().display().to_string());
     std::fs::write(dir.path().join("edge.toml"), edge).unwrap();
     let (ok, output) = check(&dir.path().join("edge.toml"));
@@ -138,4 +139,30 @@ fn a_config_nobody_could_use_is_refused_by_check_and_serve() {
         .output()
         .unwrap();
     assert!(!serve.status.success());
+}
+
+/// What `serve` would refuse to start over is a problem for `check` too: an audit key
+/// that is not in the environment, an audit path that cannot be opened or created.
+#[test]
+fn an_audit_trail_serve_could_not_open_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "");
+    let path = dir.path().join("gate.toml");
+    let with_audit = |audit: &str| {
+        std::fs::write(&path, base.replace("path = \"audit.jsonl\"", audit)).unwrap();
+        check(&path)
+    };
+    assert!(with_audit("path = \"audit.jsonl\"").0);
+    std::fs::create_dir(dir.path().join("a-directory")).unwrap();
+    for (audit, named) in [
+        (
+            "path = \"audit.jsonl\"\nhmac_key_env = \"SWR_GATE_TEST_UNSET_KEY\"",
+            "SWR_GATE_TEST_UNSET_KEY",
+        ),
+        ("path = \"no-such-dir/audit.jsonl\"", "no-such-dir"),
+        ("path = \"a-directory\"", "a-directory"),
+    ] {
+        let (ok, output) = with_audit(audit);
+        assert!(!ok && output.contains(named), "{audit}: {output}");
+    }
 }
