@@ -119,11 +119,19 @@ impl Local {
             Local::Env(var) => std::env::var(var)
                 .ok()
                 .and_then(|t| Token::parse(&t))
-                .ok_or_else(|| format!("the environment variable {var} is not set or empty")),
-            Local::File(path) => std::fs::read_to_string(path)
-                .ok()
-                .and_then(|t| Token::parse(&t))
-                .ok_or_else(|| format!("{} is missing, unreadable or empty", path.display())),
+                .ok_or_else(|| {
+                    format!("the environment variable {var} is not set, empty, or not a token a header can carry")
+                }),
+            Local::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Token::parse(&text).ok_or_else(|| {
+                    format!(
+                        "{} is empty, or holds characters a header cannot carry",
+                        path.display()
+                    )
+                })
+            }
         }
     }
 }
@@ -201,6 +209,9 @@ impl TokenSource {
         if let Some(retry_at) = self.status.borrow().retry_at {
             let wait = retry_at.saturating_duration_since(Instant::now());
             error = error.with_retry_after(wait.as_secs() + 1);
+        } else if let Origin::Local(Local::File(_)) = self.origin {
+            // The file is read again within a second of changing (`watch_file`).
+            error = error.with_retry_after(1);
         }
         Err(error)
     }

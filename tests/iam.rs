@@ -435,7 +435,18 @@ fn a_token_file_is_re_read_when_it_changes() {
         &swr,
         "[iam]\nmethod = \"token_file\"\ntoken_file = \"iam-token\"\n",
     );
-    assert!(wait_unready(admin).contains("iam-token is missing"));
+    let reason = wait_unready(admin);
+    assert!(reason.contains("iam-token: No such file"), "{reason}");
+    let answer = create(&gate);
+    assert_eq!(
+        (
+            answer.status,
+            answer.code().as_str(),
+            answer.header("retry-after")
+        ),
+        (503, "SWR.GATE.5030001", Some("1")),
+        "the file is looked at again within a second"
+    );
     let file = gate.dir.path().join("iam-token");
     std::fs::write(&file, "stale-token\n").unwrap();
     wait_ready(admin, Duration::from_secs(5));
