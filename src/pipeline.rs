@@ -658,14 +658,16 @@ fn text(value: &Value, key: &str) -> String {
         .to_owned()
 }
 
-/// A new request id: a random per-process prefix and a counter, unique without a
-/// system call per request.
+/// A new request id: a counter keyed with a random per-process secret, unique without a
+/// system call per request, and unguessable, so that no client can send the id the
+/// gateway will give someone else's request and make two requests' records look like one.
 fn fresh_request_id() -> String {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| hex(&random_bytes::<8>()));
+    let key =
+        KEY.get_or_init(|| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &random_bytes::<32>()));
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{prefix}{n:016x}")
+    hex(&ring::hmac::sign(key, &n.to_le_bytes()).as_ref()[..16])
 }
 
 /// The client's own `X-Request-Id` when it is a sane token, else a fresh one.
@@ -739,5 +741,13 @@ mod tests {
         assert_eq!(request_id(&headers), "abc-123");
         headers.insert("x-request-id", "a b\"c".parse().unwrap());
         assert_eq!(request_id(&headers).len(), 32);
+    }
+
+    #[test]
+    fn fresh_request_ids_share_no_prefix_a_client_could_count_on() {
+        let (a, b) = (fresh_request_id(), fresh_request_id());
+        assert_eq!((a.len(), b.len()), (32, 32));
+        assert_ne!(a[..16], b[..16]);
+        assert_ne!(a[16..], b[16..]);
     }
 }
