@@ -22,6 +22,9 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>) {
 /// Ready when an IAM token is held and the audit trail takes records (the config is
 /// loaded whenever the process serves at all).
 fn readiness(gate: &Gate) -> Result<(), String> {
+    if gate.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err("shutting down".into());
+    }
     gate.tokens.is_ready()?;
     if !gate.audit.is_writable() {
         return Err("the audit log cannot be written".into());

@@ -39,6 +39,9 @@ pub struct Gate {
     pub replay: ReplayGuard,
     pub auth_failures: FailureLimiter,
     pub metrics: Metrics,
+    /// Set at SIGTERM: /readyz says so, so that load balancers stop sending before the
+    /// listener closes.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// What the connection tells about the client, before any request is read.

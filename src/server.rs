@@ -79,6 +79,7 @@ pub async fn serve_then(
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
         metrics: Metrics::new(tokens.clone(), audit_health),
         tokens,
+        draining: Default::default(),
     });
     let reloader = Arc::new(Reloader::new(config_path));
     tokio::spawn(reloader.clone().watch_files(Arc::downgrade(&gate)));
@@ -121,6 +122,8 @@ pub async fn serve_then(
             _ = interrupt.recv() => break,
         }
     }
+    gate.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight requests");
     if !workers.stop().await? {
         tracing::warn!("grace period over; closed the connections still open");
