@@ -200,6 +200,9 @@ fn audit(action: AuditAction) -> ExitCode {
                         "ok: {} records, chain from {} to {}",
                         verified.records, verified.first_prev, verified.last_hash
                     );
+                    if verified.first_prev != swr_gate::audit::GENESIS {
+                        println!("note: the first record is not the trail's first: it chains to a record before it; verify with the older files first, or compare {} with the last hash of the file before", verified.first_prev);
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(broken) => fail(&broken.to_string()),

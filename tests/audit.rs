@@ -264,7 +264,12 @@ fn rotation_by_move_and_sighup_keeps_the_chain_and_loses_nothing() {
     assert_eq!(count(&rotated[0]) + count(&rotated[1]) + count(&path), 15);
     assert!(count(&rotated[1]) > 0 && count(&path) > 0);
     let (ok, output) = verify(&[&rotated[0], &rotated[1], &path]);
-    assert!(ok, "{output}");
+    assert!(ok && !output.contains("note:"), "{output}");
+    let (ok, output) = verify(&[&rotated[1], &path]);
+    assert!(
+        ok && output.contains("note: the first record is not the trail's first"),
+        "a trail verified without its oldest file says so: {output}"
+    );
     let (ok, _) = verify(&[&rotated[1], &rotated[0], &path]);
     assert!(!ok, "files out of order break the chain");
 }
