@@ -51,18 +51,21 @@ pub enum Decision {
     Error,
 }
 
+/// A grant as the client sent it: a refused body is recorded with the values it had
+/// (`"auth":"7"`, a number for a name), not with made-up ones; absent fields are null.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Grant {
-    pub user_id: String,
-    pub user_name: String,
-    pub auth: i64,
+    pub user_id: serde_json::Value,
+    pub user_name: serde_json::Value,
+    pub auth: serde_json::Value,
 }
 
+/// Sharing as the client sent it, like [`Grant`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sharing {
-    pub permit: String,
-    pub deadline: String,
-    pub description: Option<String>,
+    pub permit: serde_json::Value,
+    pub deadline: serde_json::Value,
+    pub description: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

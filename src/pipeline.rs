@@ -551,21 +551,18 @@ impl Exchange {
                     items
                         .iter()
                         .map(|item| audit::Grant {
-                            user_id: text(item, "user_id"),
-                            user_name: text(item, "user_name"),
-                            auth: item.get("auth").and_then(Value::as_i64).unwrap_or_default(),
+                            user_id: sent(item, "user_id"),
+                            user_name: sent(item, "user_name"),
+                            auth: sent(item, "auth"),
                         })
                         .collect(),
                 )
             }
             Value::Object(_) if document.get("permit").is_some() => {
                 self.sharing = Some(audit::Sharing {
-                    permit: text(document, "permit"),
-                    deadline: text(document, "deadline"),
-                    description: document
-                        .get("description")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    permit: sent(document, "permit"),
+                    deadline: sent(document, "deadline"),
+                    description: sent(document, "description"),
                 })
             }
             _ => {}
@@ -653,12 +650,9 @@ fn reasons(error: &GateError) -> Vec<audit::Reason> {
         .collect()
 }
 
-fn text(value: &Value, key: &str) -> String {
-    value
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
+/// The value the client sent under `key`; null when there is none.
+fn sent(value: &Value, key: &str) -> Value {
+    value.get(key).cloned().unwrap_or_default()
 }
 
 /// A new request id: a counter keyed with a random per-process secret, unique without a

@@ -24,7 +24,6 @@ use miette::Diagnostic;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::audit::Grant;
 use crate::auth::AuthMethod;
 use crate::error::{Detail, ErrorKind, GateError};
 use crate::route::Target;
@@ -938,6 +937,14 @@ fn dedup_key(diagnostic: &dyn Diagnostic, rendered: &str) -> String {
             .map(|h| h.to_string())
             .unwrap_or_else(|| diagnostic.to_string())
     )
+}
+
+/// One grant of a user-permission body, as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    pub user_id: String,
+    pub user_name: String,
+    pub auth: i64,
 }
 
 /// The context of contract §6, computed from the route's names and the validated body.

@@ -242,3 +242,23 @@ fn ambiguous_framing_and_hosts_are_refused() {
         "HTTP/1.0 needs no Host"
     );
 }
+
+/// A refused body is audited with what it held, so a search for attempted manage
+/// grants finds `"auth":"7"` too; nothing is made up for what was missing.
+#[test]
+fn a_refused_body_is_audited_as_sent() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let body =
+        r#"[{"user_id":"fb3f175c1fd146ab8cdae3272be6107b","user_name":12345,"auth":"7"},[1]]"#;
+    let answer = gate.json("POST", CREATE, body);
+    refused(&gate, &swr, answer, 400, "SWR.GATE.4000002");
+    let records = gate.audit_records();
+    assert_eq!(
+        records.last().unwrap()["grants"],
+        serde_json::json!([
+            {"user_id": "fb3f175c1fd146ab8cdae3272be6107b", "user_name": 12345, "auth": "7"},
+            {"user_id": null, "user_name": null, "auth": null}
+        ])
+    );
+}
