@@ -196,7 +196,9 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// A credential of the client's (the SDK's signature headers included), or framing and
-/// addressing that the gateway sets itself.
+/// addressing that the gateway sets itself. The client's address reaches SWR only in the
+/// gateway's `X-Forwarded-For`, so `X-Real-IP` and `Forwarded`, which a client can
+/// write anything into, do not pass.
 fn is_client_credential(name: &HeaderName) -> bool {
     let name = name.as_str();
     matches!(
@@ -208,6 +210,8 @@ fn is_client_credential(name: &HeaderName) -> bool {
             | "cookie"
             | "host"
             | "content-length"
+            | "x-real-ip"
+            | "forwarded"
     ) || name.starts_with("x-sdk-")
 }
 
@@ -261,7 +265,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_credentials_and_hop_by_hop_headers_never_reach_swr() {
+    fn client_credentials_hop_by_hop_and_address_headers_never_reach_swr() {
         let mut headers = HeaderMap::new();
         for (name, value) in [
             ("authorization", "SDK-HMAC-SHA256 Access=x"),
@@ -273,6 +277,8 @@ mod tests {
             ("connection", "x-custom-hop"),
             ("x-custom-hop", "1"),
             ("transfer-encoding", "chunked"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
             ("content-type", "application/json"),
             ("x-project-id", "p1"),
         ] {

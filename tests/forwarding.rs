@@ -129,6 +129,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
             ("connection", "close, x-hop"),
             ("x-hop", "1"),
             ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "7.7.7.7"),
+            ("forwarded", "for=7.7.7.7"),
         ],
         grants(1).as_bytes(),
     );
@@ -141,6 +143,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
         "x-sdk-date",
         "x-hop",
         "authorization",
+        "x-real-ip",
+        "forwarded",
     ] {
         assert!(headers.get(name).is_none(), "{name} reached SWR");
     }
