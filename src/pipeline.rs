@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, Observation};
 use crate::policy;
 use crate::route::{Resolved, Target};
 use crate::snapshot::Snapshot;
-use crate::upstream::{self, UpstreamBody};
+use crate::upstream::{self, BodySent, ClientBody, UpstreamBody};
 
 pub type GateBody = UpstreamBody;
 
@@ -388,35 +388,34 @@ async fn forward(
     path_and_query: &str,
     token: Token,
 ) -> Result<Response<GateBody>, GateError> {
-    let send = |body: GateBody, token: &Token| {
+    let started = Instant::now();
+    let send = |body: GateBody, sent: Option<BodySent>, token: &Token| {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.headers_mut() = upstream_headers(exchange, &parts.headers, token);
-        snapshot.upstream.send(request, path_and_query)
+        snapshot.upstream.send(request, path_and_query, sent)
     };
-    let (body, replay) = match body {
-        RequestBody::Streaming(body) => (body.boxed(), None),
-        RequestBody::Buffered(bytes) => (full(bytes.clone()), Some(bytes)),
+    let (body, sent, replay) = match body {
+        RequestBody::Streaming(body) => {
+            let (body, sent) = ClientBody::relay(body, snapshot.config.server.request_timeout);
+            (body, sent, None)
+        }
+        RequestBody::Buffered(bytes) => (full(bytes.clone()), None, Some(bytes)),
     };
 
-    let started = Instant::now();
-    let mut result = send(body, &token).await;
+    let mut result = send(body, sent, &token).await;
     let refused = matches!(&result, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
     if let (true, Some(bytes)) = (refused, replay) {
         if let Some(renewed) = gate.tokens.renew_rejected(&token).await {
             tracing::info!(request_id = %exchange.request_id, "SWR refused the IAM token; retrying once with a renewed one");
-            result = send(full(bytes), &renewed).await;
+            result = send(full(bytes), None, &renewed).await;
         }
     }
     exchange.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    let response = result?;
+    let mut response = result?;
     exchange.upstream_status = Some(response.status().as_u16());
-    let (mut parts, body) = response.into_parts();
-    upstream::response_headers_for_client(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
-        upstream::relay_body(body).await?,
-    ))
+    upstream::response_headers_for_client(response.headers_mut());
+    Ok(response)
 }
 
 /// The client's headers as SWR may see them, with the request id, the client's address

@@ -3,9 +3,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 const CREATE: &str = "/v2/manage/namespaces/team-a/repos/app/access";
 const SHARE: &str = "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner";
@@ -271,4 +274,137 @@ fn http2_prior_knowledge_is_served_and_forwarded() {
         swr.received()[0].path_and_query,
         "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner"
     );
+}
+
+/// The first audit record with `request_id` and `stage`, waiting up to 10 s for it.
+fn record_of(gate: &Gateway, request_id: &str, stage: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = gate
+            .audit_records()
+            .into_iter()
+            .find(|r| r["request_id"] == request_id && r["stage"] == stage);
+        if let Some(record) = found {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {stage} record for {request_id}: {:?}",
+            gate.audit_records()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A guarded request with the CI bot's key and the given request id.
+fn guarded_request(request_id: &str) -> Vec<u8> {
+    request_bytes(
+        "swr.local",
+        "POST",
+        CREATE,
+        &[
+            ("x-api-key", API_KEY),
+            ("content-type", "application/json"),
+            ("x-request-id", request_id),
+        ],
+        grants(1).as_bytes(),
+    )
+}
+
+#[test]
+fn swr_stalling_mid_answer_is_504_within_the_upstream_timeout() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::StallMidAnswer { chunked: false });
+    let started = Instant::now();
+    let answer = gate.send_raw(&guarded_request("stalled-answer"));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (504, "SWR.GATE.5040001")
+    );
+    assert_eq!(answer.json()["request_id"], "stalled-answer");
+    let completed = record_of(&gate, "stalled-answer", "completed");
+    assert_eq!(completed["status"], 504);
+    assert_eq!(completed["denied_by"], "upstream");
+    let upstream_ms = completed["upstream_ms"].as_f64().unwrap();
+    assert!(
+        upstream_ms >= 1000.0,
+        "upstream_ms {upstream_ms} covers the wait for the body, not only the head"
+    );
+}
+
+#[test]
+fn swr_stalling_mid_stream_cuts_the_client_off_after_the_idle_timeout() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::StallMidAnswer { chunked: true });
+    let started = Instant::now();
+    let answer = gate.send_raw(&guarded_request("stalled-stream"));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the connection was still open after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer.status, 201, "the head had been sent on");
+    assert_eq!(answer.body, b"{");
+    assert!(
+        gate.log().contains("SWR sent nothing of its answer for 2s"),
+        "{}",
+        gate.log()
+    );
+}
+
+/// An unmatched request, forwarded with its body streamed: a head announcing 100 bytes
+/// and the first 10 of them.
+fn partial_forwarded_request(request_id: &str) -> Vec<u8> {
+    let mut bytes = format!(
+        "POST /v2/fwd-stall HTTP/1.1\r\nhost: swr.local\r\nx-api-key: {API_KEY}\r\n\
+         x-request-id: {request_id}\r\ncontent-length: 100\r\n\r\n"
+    )
+    .into_bytes();
+    bytes.extend_from_slice(b"0123456789");
+    bytes
+}
+
+#[test]
+fn a_forwarded_body_is_the_clients_fault_when_it_stalls_or_is_cut_off() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start_with(&swr.url(), "", |c| {
+        forward_unmatched(c);
+        *c = c.replace("\ntimeout = \"2s\"", "\ntimeout = \"5s\"");
+    });
+
+    let mut client = TcpStream::connect(gate.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(&partial_forwarded_request("body-stalled"))
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = client.read_to_end(&mut raw);
+    let answer = parse_answer(&raw);
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (408, "SWR.GATE.4080001")
+    );
+    let completed = record_of(&gate, "body-stalled", "completed");
+    assert_eq!(completed["denied_by"], "body");
+    assert_eq!(completed["decision"], "deny");
+
+    let mut client = TcpStream::connect(gate.addr).unwrap();
+    client
+        .write_all(&partial_forwarded_request("body-cut"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    let completed = record_of(&gate, "body-cut", "completed");
+    assert_eq!(completed["status"], 400);
+    assert_eq!(completed["denied_by"], "body");
+    assert_eq!(completed["reasons"][0]["code"], "SWR.GATE.4000003");
 }
