@@ -359,6 +359,63 @@ fn swr_stalling_mid_stream_cuts_the_client_off_after_the_idle_timeout() {
     );
 }
 
+#[test]
+fn a_client_that_hangs_up_still_has_its_request_completed_and_recorded_through_sigterm() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::Slow(Duration::from_millis(1500)));
+    let mut client = TcpStream::connect(gate.addr).unwrap();
+    client.write_all(&guarded_request("hung-up")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(client);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        gate.stop().success(),
+        "the drain waits for the request SWR has, though its client left"
+    );
+    let completed = record_of(&gate, "hung-up", "completed");
+    assert_eq!(completed["decision"], "allow");
+    assert_eq!(completed["upstream_status"], 201);
+    assert_eq!(completed["status"], 201, "the answer the gateway gave");
+    assert!(completed["upstream_ms"].as_f64().unwrap() >= 1000.0);
+    record_of(&gate, "hung-up", "decided");
+    assert_eq!(swr.received().len(), 1);
+}
+
+#[test]
+fn a_request_swr_has_when_the_drain_grace_ends_gets_a_completed_record() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start_with(&swr.url(), "", |c| {
+        *c = c
+            .replace("request_timeout = \"3s\"", "request_timeout = \"1s\"")
+            .replace("\ntimeout = \"2s\"", "\ntimeout = \"10s\"")
+    });
+    swr.set(Behaviour::Slow(Duration::from_secs(5)));
+    let in_flight = std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| gate.try_send_raw(&guarded_request("drained")));
+        std::thread::sleep(Duration::from_millis(500));
+        signal(gate.pid(), "TERM");
+        in_flight.join().unwrap()
+    });
+    assert!(in_flight.is_none(), "cut off at the end of the grace");
+    assert!(gate.stop().success());
+    let completed = record_of(&gate, "drained", "completed");
+    assert_eq!(completed["decision"], "error");
+    assert_eq!(completed["status"], Value::Null);
+    assert_eq!(completed["upstream_status"], Value::Null);
+    assert_eq!(completed["reasons"][0]["code"], "SWR.GATE.5030004");
+    assert_eq!(
+        completed["reasons"][0]["message"],
+        "the gateway stopped before SWR answered"
+    );
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+        .args(["audit", "verify"])
+        .arg(gate.audit_path())
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+}
+
 /// An unmatched request, forwarded with its body streamed: a head announcing 100 bytes
 /// and the first 10 of them.
 fn partial_forwarded_request(request_id: &str) -> Vec<u8> {
