@@ -114,7 +114,7 @@ async fn forward(
     }
     let body = Full::new(body).map_err(|never| match never {}).boxed();
     match client.request(Request::from_parts(parts, body)).await {
-        Ok(response) => Ok(response.map(BodyExt::boxed)),
+        Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
         Err(_) => Ok(answer(502)),
     }
 }

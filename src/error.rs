@@ -37,6 +37,9 @@ pub enum ErrorKind {
     NoToken,
     AuditUnavailable,
     UpstreamTimeout,
+    /// The gateway stopped before the request was answered: only ever in an audit
+    /// record, since no client is left to answer.
+    Stopped,
     Internal,
 }
 
@@ -62,7 +65,9 @@ impl ErrorKind {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UpstreamUnreachable => StatusCode::BAD_GATEWAY,
-            NoToken | AuditUnavailable | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            NoToken | AuditUnavailable | RateLimitUnavailable | Stopped => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,6 +98,7 @@ impl ErrorKind {
             RateLimited => "SWR.GATE.4290001",
             TooManyAuthFailures => "SWR.GATE.4290002",
             RateLimitUnavailable => "SWR.GATE.5030003",
+            Stopped => "SWR.GATE.5030004",
             BodyTimeout => "SWR.GATE.4080001",
             BodyTooLarge => "SWR.GATE.4130001",
             UnsupportedMediaType => "SWR.GATE.4150001",
@@ -136,6 +142,7 @@ impl ErrorKind {
             NoToken => "no_token",
             AuditUnavailable => "audit_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            Stopped => "stopped",
             Internal => "internal",
         }
     }
@@ -160,9 +167,8 @@ impl ErrorKind {
             RateLimited | RateLimitUnavailable => "rate_limit",
             SchemaViolation => "schema",
             PolicyDenied => "policy",
-            UpstreamUnreachable | UpstreamTimeout | NoToken | AuditUnavailable | Internal => {
-                "upstream"
-            }
+            UpstreamUnreachable | UpstreamTimeout | NoToken | AuditUnavailable | Stopped
+            | Internal => "upstream",
         }
     }
 }

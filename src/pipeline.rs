@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, Observation};
 use crate::policy;
 use crate::route::{Resolved, Target};
 use crate::snapshot::Snapshot;
-use crate::upstream::{self, UpstreamBody};
+use crate::upstream::{self, BodySent, ClientBody, UpstreamBody};
 
 pub type GateBody = UpstreamBody;
 
@@ -53,17 +53,24 @@ pub struct Peer {
 }
 
 /// Handle one request. Never fails: every refusal is an answer in the contract's shape,
-/// and every answer leaves an audit record.
+/// and every answer leaves an audit record. Run in a task of its own
+/// ([`crate::server`]), so that a client hanging up does not cancel a request SWR may
+/// already have: SWR's answer is still awaited (within `[upstream] timeout`) and recorded.
 pub async fn handle(
     gate: Arc<Gate>,
     peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Response<GateBody> {
     let snapshot = gate.snapshot.load_full();
-    let mut exchange = Exchange::begin(&snapshot, peer.addr, &request);
+    let mut account = Account {
+        audit: &gate.audit,
+        exchange: Exchange::begin(&snapshot, peer.addr, &request),
+        recorded: false,
+    };
+    let exchange = &mut account.exchange;
     // Every log line about this request carries its id, as the audit record does.
     let span = tracing::info_span!("request", request_id = %exchange.request_id);
-    let outcome = process(&gate, &snapshot, &peer, &mut exchange, request)
+    let outcome = process(&gate, &snapshot, &peer, exchange, request)
         .instrument(span.clone())
         .await;
     let mut response = match outcome {
@@ -77,12 +84,15 @@ pub async fn handle(
         rate_limit_headers(response.headers_mut(), limit, remaining);
     }
     exchange.status = Some(response.status().as_u16());
+    let record = exchange.record(Stage::Completed);
+    // Sealed on the first poll below, the record is the log's to write from here on.
+    account.recorded = true;
     // In the file before the answer leaves, but the answer does not wait for a sync.
     // Failures are counted in the audit log's health.
-    if let Err(error) = gate.audit.submit(&exchange.record(Stage::Completed)).await {
+    if let Err(error) = gate.audit.submit(&record).await {
         span.in_scope(|| tracing::error!(%error, "audit record could not be written"));
     }
-    let observation = exchange.observation();
+    let observation = account.exchange.observation();
     span.in_scope(|| {
         tracing::debug!(
             operation = observation.operation,
@@ -93,6 +103,46 @@ pub async fn handle(
     });
     gate.metrics.observe(&observation);
     response
+}
+
+/// The answer when a request's task failed (a panic): 500, never a dropped connection.
+/// Its audit record is the one [`Account`] wrote.
+pub fn failed(error: tokio::task::JoinError) -> Response<GateBody> {
+    tracing::error!(%error, "a request's handling failed");
+    GateError::new(ErrorKind::Internal, "the request could not be handled")
+        .into_response(&fresh_request_id())
+        .map(full)
+}
+
+/// One request's account, which leaves a `completed` record however the handling ends:
+/// dropped before that record was written (its task dropped when the runtime stopped
+/// after the drain grace, or a panic), it writes one with no `status`, saying so.
+struct Account<'a> {
+    audit: &'a AuditLog,
+    exchange: Exchange,
+    recorded: bool,
+}
+
+impl Drop for Account<'_> {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let exchange = &mut self.exchange;
+        let message = match exchange.forwarded_at {
+            Some(at) => {
+                exchange.upstream_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+                "the gateway stopped before SWR answered"
+            }
+            None => "the gateway stopped before it answered",
+        };
+        exchange.decision = Decision::Error;
+        exchange.status = None;
+        exchange.error = Some(GateError::new(ErrorKind::Stopped, message));
+        if let Err(error) = self.audit.write_now(&exchange.record(Stage::Completed)) {
+            tracing::error!(request_id = %exchange.request_id, %error, "audit record could not be written");
+        }
+    }
 }
 
 async fn process(
@@ -419,35 +469,35 @@ async fn forward(
     path_and_query: &str,
     token: Token,
 ) -> Result<Response<GateBody>, GateError> {
-    let send = |body: GateBody, token: &Token| {
+    let started = Instant::now();
+    exchange.forwarded_at = Some(started);
+    let send = |body: GateBody, sent: Option<BodySent>, token: &Token| {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.headers_mut() = upstream_headers(exchange, &parts.headers, token);
-        snapshot.upstream.send(request, path_and_query)
+        snapshot.upstream.send(request, path_and_query, sent)
     };
-    let (body, replay) = match body {
-        RequestBody::Streaming(body) => (body.boxed(), None),
-        RequestBody::Buffered(bytes) => (full(bytes.clone()), Some(bytes)),
+    let (body, sent, replay) = match body {
+        RequestBody::Streaming(body) => {
+            let (body, sent) = ClientBody::relay(body, snapshot.config.server.request_timeout);
+            (body, sent, None)
+        }
+        RequestBody::Buffered(bytes) => (full(bytes.clone()), None, Some(bytes)),
     };
 
-    let started = Instant::now();
-    let mut result = send(body, &token).await;
+    let mut result = send(body, sent, &token).await;
     let refused = matches!(&result, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
     if let (true, Some(bytes)) = (refused, replay) {
         if let Some(renewed) = gate.tokens.renew_rejected(&token).await {
             tracing::info!(request_id = %exchange.request_id, "SWR refused the IAM token; retrying once with a renewed one");
-            result = send(full(bytes), &renewed).await;
+            result = send(full(bytes), None, &renewed).await;
         }
     }
     exchange.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    let response = result?;
+    let mut response = result?;
     exchange.upstream_status = Some(response.status().as_u16());
-    let (mut parts, body) = response.into_parts();
-    upstream::response_headers_for_client(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
-        upstream::relay_body(body).await?,
-    ))
+    upstream::response_headers_for_client(response.headers_mut());
+    Ok(response)
 }
 
 /// The client's headers as SWR may see them, with the request id, the client's address
@@ -494,6 +544,8 @@ struct Exchange {
     status: Option<u16>,
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
+    /// When the request left for SWR.
+    forwarded_at: Option<Instant>,
     /// The tightest rate limit that applied: (requests per period, remaining).
     rate_limit: Option<(u32, u32)>,
     /// Things the audit record should say beyond the outcome.
@@ -531,6 +583,7 @@ impl Exchange {
             status: None,
             upstream_status: None,
             upstream_ms: None,
+            forwarded_at: None,
             rate_limit: None,
             notes: Vec::new(),
         }

@@ -146,6 +146,8 @@ async fn accept(
     mut stop: watch::Receiver<bool>,
 ) -> bool {
     let graceful = GracefulShutdown::new();
+    // Held by every request's task: the drain also waits for requests whose client left.
+    let in_flight = watch::Sender::new(());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -162,8 +164,9 @@ async fn accept(
                 let gate = gate.clone();
                 let tls = gate.snapshot.load().tls.clone();
                 let watcher = graceful.watcher();
+                let requests = in_flight.subscribe();
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, tls, gate, limits, watcher).await;
+                    serve_connection(stream, peer, tls, gate, limits, watcher, requests).await;
                 });
             }
             // A closed channel (the main thread gone) stops too.
@@ -171,9 +174,11 @@ async fn accept(
         }
     }
     drop(listener);
-    tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_ok()
+    let drained = async {
+        graceful.shutdown().await;
+        in_flight.closed().await;
+    };
+    tokio::time::timeout(grace, drained).await.is_ok()
 }
 
 #[derive(Clone, Copy)]
@@ -188,6 +193,7 @@ async fn serve_connection(
     gate: Arc<Gate>,
     limits: ConnectionLimits,
     watcher: hyper_util::server::graceful::Watcher,
+    requests: watch::Receiver<()>,
 ) {
     let result = match tls {
         None => {
@@ -195,7 +201,7 @@ async fn serve_connection(
                 addr,
                 certificate: None,
             };
-            serve_http(TokioIo::new(stream), peer, gate, limits, watcher).await
+            serve_http(TokioIo::new(stream), peer, gate, limits, watcher, requests).await
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -220,7 +226,7 @@ async fn serve_connection(
                 .and_then(|leaf| PeerCertificate::from_der(leaf))
                 .map(Arc::new);
             let peer = Peer { addr, certificate };
-            serve_http(TokioIo::new(stream), peer, gate, limits, watcher).await
+            serve_http(TokioIo::new(stream), peer, gate, limits, watcher, requests).await
         }
     };
     if let Err(error) = result {
@@ -236,6 +242,7 @@ async fn serve_http<I>(
     gate: Arc<Gate>,
     limits: ConnectionLimits,
     watcher: hyper_util::server::graceful::Watcher,
+    requests: watch::Receiver<()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -253,8 +260,13 @@ where
         .max_concurrent_streams(256);
     let peer = Arc::new(peer);
     let service = service_fn(move |request| {
-        let (gate, peer) = (gate.clone(), peer.clone());
-        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gate, peer, request).await) }
+        let (gate, peer, held) = (gate.clone(), peer.clone(), requests.clone());
+        // A task of its own, which the client hanging up does not cancel.
+        let handling = tokio::spawn(async move {
+            let _in_flight = held;
+            pipeline::handle(gate, peer, request).await
+        });
+        async move { Ok::<_, std::convert::Infallible>(handling.await.unwrap_or_else(pipeline::failed)) }
     });
     watcher
         .watch(builder.serve_connection(io, service).into_owned())

@@ -1,6 +1,9 @@
 //! The connection to SWR: a pooled HTTP/1.1 client over rustls, and the header hygiene
 //! that decides what SWR sees of the client's request and what the client sees back.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,19 +11,24 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Body;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::Config;
 use crate::error::{ErrorKind, GateError};
 
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+/// Boxed, so that the gateway's own body wrappers can end a stream with an error of
+/// their own (a stall, a client's body arriving too slowly).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 pub struct Upstream {
     /// A pool per request thread, so that a request never waits on a connection that
@@ -115,13 +123,17 @@ impl Upstream {
         })
     }
 
-    /// Send one request to SWR at `path_and_query`. Connection failures are 502, no
-    /// answer within the timeout is 504; neither ever hangs the client.
+    /// Send one request to SWR at `path_and_query` and have its answer: the head, and a
+    /// small body whole. Connection failures are 502; no answer within the timeout is
+    /// 504, the clock starting once SWR has the whole request (`sent`, for a body
+    /// streamed from the client), so a slow client is not counted against SWR. A client
+    /// body that fails is the client's error, never SWR's. Nothing here hangs the client.
     pub async fn send(
         &self,
         mut request: Request<UpstreamBody>,
         path_and_query: &str,
-    ) -> Result<Response<Incoming>, GateError> {
+        sent: Option<BodySent>,
+    ) -> Result<Response<UpstreamBody>, GateError> {
         let uri: Uri = format!(
             "{}{}{}",
             self.scheme_authority, self.base_path, path_and_query
@@ -134,26 +146,51 @@ impl Upstream {
             .headers_mut()
             .insert(header::HOST, self.authority.clone());
         let client = &self.clients[crate::workers::index() % self.clients.len()];
-        match tokio::time::timeout(self.timeout, client.request(request)).await {
-            Err(_) => Err(GateError::new(
-                ErrorKind::UpstreamTimeout,
-                format!(
-                    "SWR did not answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-            )),
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error_chain(&error), "upstream request failed");
-                let message = if error.is_connect() {
-                    "SWR could not be reached"
-                } else {
-                    "the connection to SWR failed before it answered"
-                };
-                Err(GateError::new(ErrorKind::UpstreamUnreachable, message))
+        let answer = async {
+            let response = client.request(request).await.map_err(refusal)?;
+            let (parts, body) = response.into_parts();
+            let body = relay_body(body, self.timeout).await?;
+            Ok(Response::from_parts(parts, body))
+        };
+        tokio::pin!(answer);
+        if let Some(sent) = sent {
+            tokio::select! {
+                answered = &mut answer => return answered,
+                () = sent.wait() => {}
             }
-            Ok(Ok(response)) => Ok(response),
         }
+        tokio::time::timeout(self.timeout, answer)
+            .await
+            .unwrap_or_else(|_| {
+                Err(GateError::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!(
+                        "SWR did not answer within {}",
+                        humantime::format_duration(self.timeout)
+                    ),
+                ))
+            })
     }
+}
+
+/// What the client hears when the exchange with SWR failed: the client's own error when
+/// its body was the cause, else 502.
+fn refusal(error: hyper_util::client::legacy::Error) -> GateError {
+    let mut cause = std::error::Error::source(&error);
+    while let Some(error) = cause {
+        if let Some(failed) = error.downcast_ref::<ClientBodyError>() {
+            tracing::debug!(error = %failed, "the client's body failed on its way to SWR");
+            return failed.refusal();
+        }
+        cause = error.source();
+    }
+    tracing::warn!(error = %error_chain(&error), "upstream request failed");
+    let message = if error.is_connect() {
+        "SWR could not be reached"
+    } else {
+        "the connection to SWR failed before it answered"
+    };
+    GateError::new(ErrorKind::UpstreamUnreachable, message)
 }
 
 /// An error and its causes on one line, for logs (hyper's own message alone says little).
@@ -196,7 +233,9 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// A credential of the client's (the SDK's signature headers included), or framing and
-/// addressing that the gateway sets itself.
+/// addressing that the gateway sets itself. The client's address reaches SWR only in the
+/// gateway's `X-Forwarded-For`, so `X-Real-IP` and `Forwarded`, which a client can
+/// write anything into, do not pass.
 fn is_client_credential(name: &HeaderName) -> bool {
     let name = name.as_str();
     matches!(
@@ -208,6 +247,8 @@ fn is_client_credential(name: &HeaderName) -> bool {
             | "cookie"
             | "host"
             | "content-length"
+            | "x-real-ip"
+            | "forwarded"
     ) || name.starts_with("x-sdk-")
 }
 
@@ -227,11 +268,12 @@ pub fn request_headers_for_upstream(client_headers: &HeaderMap) -> HeaderMap {
 
 /// SWR's answers to permission calls are a few bytes: those are read whole and sent on
 /// with their head in one write, instead of head and body in separate writes and
-/// packets. Anything larger, or of unknown length, is streamed as it arrives.
-pub async fn relay_body(body: Incoming) -> Result<UpstreamBody, GateError> {
+/// packets. Anything larger, or of unknown length, is streamed as it arrives, and cut
+/// off when SWR sends nothing for `idle`.
+async fn relay_body(body: Incoming, idle: Duration) -> Result<UpstreamBody, GateError> {
     const WHOLE_UP_TO: u64 = 64 * 1024;
     if body.size_hint().exact().is_none_or(|n| n > WHOLE_UP_TO) {
-        return Ok(body.boxed());
+        return Ok(IdleTimeout::new(body, idle).boxed());
     }
     match body.collect().await {
         Ok(collected) => Ok(Full::new(collected.to_bytes())
@@ -243,6 +285,203 @@ pub async fn relay_body(body: Incoming) -> Result<UpstreamBody, GateError> {
                 ErrorKind::UpstreamUnreachable,
                 "the connection to SWR failed while it answered",
             ))
+        }
+    }
+}
+
+/// SWR's streamed answer, ended with an error once SWR has sent nothing for `idle` while
+/// the client waited for more: hyper then cuts the client's connection (HTTP/1.1) or
+/// stream (HTTP/2), which tells the client the answer is incomplete. Time the client
+/// itself takes to read does not count.
+struct IdleTimeout {
+    body: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// Whether `sleep` runs: SWR owes the next frame.
+    waiting: bool,
+    /// The request's span, for the warning.
+    span: tracing::Span,
+}
+
+impl IdleTimeout {
+    fn new(body: Incoming, idle: Duration) -> IdleTimeout {
+        IdleTimeout {
+            body,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            span: tracing::Span::current(),
+        }
+    }
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if !this.waiting {
+            this.waiting = true;
+            this.sleep.as_mut().reset(Instant::now() + this.idle);
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        let stalled = UpstreamStalled(this.idle);
+        this.span
+            .in_scope(|| tracing::warn!(error = %stalled, "cutting the answer off"));
+        Poll::Ready(Some(Err(stalled.into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// SWR stopped sending its answer midway.
+#[derive(Debug)]
+struct UpstreamStalled(Duration);
+
+impl std::fmt::Display for UpstreamStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SWR sent nothing of its answer for {}",
+            humantime::format_duration(self.0)
+        )
+    }
+}
+
+impl std::error::Error for UpstreamStalled {}
+
+/// The client's request body streamed on to SWR (forwarded unmatched routes): it fails
+/// with a [`ClientBodyError`] when it has not arrived whole within `request_timeout` or
+/// the client cut it off, so that the exchange's error says whose fault it was.
+pub struct ClientBody {
+    body: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    limit: Duration,
+    /// Dropped once the body has been sent whole or has failed; see [`BodySent`].
+    sending: Option<oneshot::Sender<()>>,
+}
+
+impl ClientBody {
+    /// The body to send, and when it has been sent; `None` for an empty body, which is
+    /// sent with the head.
+    pub fn relay(body: Incoming, limit: Duration) -> (UpstreamBody, Option<BodySent>) {
+        if body.is_end_stream() {
+            return (body.map_err(Into::into).boxed(), None);
+        }
+        let (sending, done) = oneshot::channel();
+        let deadline = tokio::time::sleep(limit);
+        let by = deadline.deadline();
+        let body = ClientBody {
+            body,
+            deadline: Box::pin(deadline),
+            limit,
+            sending: Some(sending),
+        };
+        (body.boxed(), Some(BodySent { done, by }))
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Some(Ok(frame)),
+            Poll::Ready(Some(Err(error))) => Some(Err(ClientBodyError::Cut(error).into())),
+            Poll::Ready(None) => None,
+            Poll::Pending => {
+                ready!(this.deadline.as_mut().poll(cx));
+                Some(Err(ClientBodyError::TimedOut(this.limit).into()))
+            }
+        };
+        if !matches!(frame, Some(Ok(_))) || this.body.is_end_stream() {
+            this.sending = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// When a [`ClientBody`] has been sent whole (or failed): SWR's time to answer starts
+/// then, and at the latest at the body's deadline, when it fails if it is not through.
+pub struct BodySent {
+    done: oneshot::Receiver<()>,
+    by: Instant,
+}
+
+impl BodySent {
+    async fn wait(self) {
+        let _ = tokio::time::timeout_at(self.by, self.done).await;
+    }
+}
+
+/// How the client's own streamed body failed: found in the exchange's error causes, it
+/// makes the answer the client's error instead of SWR's.
+#[derive(Debug)]
+pub enum ClientBodyError {
+    TimedOut(Duration),
+    Cut(hyper::Error),
+}
+
+impl ClientBodyError {
+    fn refusal(&self) -> GateError {
+        match self {
+            ClientBodyError::TimedOut(_) => GateError::new(
+                ErrorKind::BodyTimeout,
+                "the request body did not arrive in time",
+            ),
+            ClientBodyError::Cut(_) => GateError::new(
+                ErrorKind::MalformedJson,
+                "the request body ended before it was complete",
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientBodyError::TimedOut(limit) => write!(
+                f,
+                "the request body did not arrive within {}",
+                humantime::format_duration(*limit)
+            ),
+            ClientBodyError::Cut(_) => f.write_str("the client cut its request body off"),
+        }
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientBodyError::TimedOut(_) => None,
+            ClientBodyError::Cut(error) => Some(error),
         }
     }
 }
@@ -261,7 +500,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_credentials_and_hop_by_hop_headers_never_reach_swr() {
+    fn client_credentials_hop_by_hop_and_address_headers_never_reach_swr() {
         let mut headers = HeaderMap::new();
         for (name, value) in [
             ("authorization", "SDK-HMAC-SHA256 Access=x"),
@@ -273,6 +512,8 @@ mod tests {
             ("connection", "x-custom-hop"),
             ("x-custom-hop", "1"),
             ("transfer-encoding", "chunked"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
             ("content-type", "application/json"),
             ("x-project-id", "p1"),
         ] {

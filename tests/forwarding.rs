@@ -3,9 +3,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 const CREATE: &str = "/v2/manage/namespaces/team-a/repos/app/access";
 const SHARE: &str = "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner";
@@ -129,6 +132,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
             ("connection", "close, x-hop"),
             ("x-hop", "1"),
             ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "7.7.7.7"),
+            ("forwarded", "for=7.7.7.7"),
         ],
         grants(1).as_bytes(),
     );
@@ -141,6 +146,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
         "x-sdk-date",
         "x-hop",
         "authorization",
+        "x-real-ip",
+        "forwarded",
     ] {
         assert!(headers.get(name).is_none(), "{name} reached SWR");
     }
@@ -277,4 +284,194 @@ fn http2_prior_knowledge_is_served_and_forwarded() {
         swr.received()[0].path_and_query,
         "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner"
     );
+}
+
+/// The first audit record with `request_id` and `stage`, waiting up to 10 s for it.
+fn record_of(gate: &Gateway, request_id: &str, stage: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = gate
+            .audit_records()
+            .into_iter()
+            .find(|r| r["request_id"] == request_id && r["stage"] == stage);
+        if let Some(record) = found {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {stage} record for {request_id}: {:?}",
+            gate.audit_records()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A guarded request with the CI bot's key and the given request id.
+fn guarded_request(request_id: &str) -> Vec<u8> {
+    request_bytes(
+        "swr.local",
+        "POST",
+        CREATE,
+        &[
+            ("x-api-key", API_KEY),
+            ("content-type", "application/json"),
+            ("x-request-id", request_id),
+        ],
+        grants(1).as_bytes(),
+    )
+}
+
+#[test]
+fn swr_stalling_mid_answer_is_504_within_the_upstream_timeout() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::StallMidAnswer { chunked: false });
+    let started = Instant::now();
+    let answer = gate.send_raw(&guarded_request("stalled-answer"));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (504, "SWR.GATE.5040001")
+    );
+    assert_eq!(answer.json()["request_id"], "stalled-answer");
+    let completed = record_of(&gate, "stalled-answer", "completed");
+    assert_eq!(completed["status"], 504);
+    assert_eq!(completed["denied_by"], "upstream");
+    let upstream_ms = completed["upstream_ms"].as_f64().unwrap();
+    assert!(
+        upstream_ms >= 1000.0,
+        "upstream_ms {upstream_ms} covers the wait for the body, not only the head"
+    );
+}
+
+#[test]
+fn swr_stalling_mid_stream_cuts_the_client_off_after_the_idle_timeout() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::StallMidAnswer { chunked: true });
+    let started = Instant::now();
+    let answer = gate.send_raw(&guarded_request("stalled-stream"));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the connection was still open after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer.status, 201, "the head had been sent on");
+    assert_eq!(answer.body, b"{");
+    assert!(
+        gate.log().contains("SWR sent nothing of its answer for 2s"),
+        "{}",
+        gate.log()
+    );
+}
+
+#[test]
+fn a_client_that_hangs_up_still_has_its_request_completed_and_recorded_through_sigterm() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start(&swr.url());
+    swr.set(Behaviour::Slow(Duration::from_millis(1500)));
+    let mut client = TcpStream::connect(gate.addr).unwrap();
+    client.write_all(&guarded_request("hung-up")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(client);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        gate.stop().success(),
+        "the drain waits for the request SWR has, though its client left"
+    );
+    let completed = record_of(&gate, "hung-up", "completed");
+    assert_eq!(completed["decision"], "allow");
+    assert_eq!(completed["upstream_status"], 201);
+    assert_eq!(completed["status"], 201, "the answer the gateway gave");
+    assert!(completed["upstream_ms"].as_f64().unwrap() >= 1000.0);
+    record_of(&gate, "hung-up", "decided");
+    assert_eq!(swr.received().len(), 1);
+}
+
+#[test]
+fn a_request_swr_has_when_the_drain_grace_ends_gets_a_completed_record() {
+    let swr = StandInSwr::start();
+    let mut gate = Gateway::start_with(&swr.url(), "", |c| {
+        *c = c
+            .replace("request_timeout = \"3s\"", "request_timeout = \"1s\"")
+            .replace("\ntimeout = \"2s\"", "\ntimeout = \"10s\"")
+    });
+    swr.set(Behaviour::Slow(Duration::from_secs(5)));
+    let in_flight = std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| gate.try_send_raw(&guarded_request("drained")));
+        std::thread::sleep(Duration::from_millis(500));
+        signal(gate.pid(), "TERM");
+        in_flight.join().unwrap()
+    });
+    assert!(in_flight.is_none(), "cut off at the end of the grace");
+    assert!(gate.stop().success());
+    let completed = record_of(&gate, "drained", "completed");
+    assert_eq!(completed["decision"], "error");
+    assert_eq!(completed["status"], Value::Null);
+    assert_eq!(completed["upstream_status"], Value::Null);
+    assert_eq!(completed["reasons"][0]["code"], "SWR.GATE.5030004");
+    assert_eq!(
+        completed["reasons"][0]["message"],
+        "the gateway stopped before SWR answered"
+    );
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+        .args(["audit", "verify"])
+        .arg(gate.audit_path())
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+}
+
+/// An unmatched request, forwarded with its body streamed: a head announcing 100 bytes
+/// and the first 10 of them.
+fn partial_forwarded_request(request_id: &str) -> Vec<u8> {
+    let mut bytes = format!(
+        "POST /v2/fwd-stall HTTP/1.1\r\nhost: swr.local\r\nx-api-key: {API_KEY}\r\n\
+         x-request-id: {request_id}\r\ncontent-length: 100\r\n\r\n"
+    )
+    .into_bytes();
+    bytes.extend_from_slice(b"0123456789");
+    bytes
+}
+
+#[test]
+fn a_forwarded_body_is_the_clients_fault_when_it_stalls_or_is_cut_off() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start_with(&swr.url(), "", |c| {
+        forward_unmatched(c);
+        *c = c.replace("\ntimeout = \"2s\"", "\ntimeout = \"5s\"");
+    });
+
+    let mut client = TcpStream::connect(gate.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(&partial_forwarded_request("body-stalled"))
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = client.read_to_end(&mut raw);
+    let answer = parse_answer(&raw);
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (408, "SWR.GATE.4080001")
+    );
+    let completed = record_of(&gate, "body-stalled", "completed");
+    assert_eq!(completed["denied_by"], "body");
+    assert_eq!(completed["decision"], "deny");
+
+    let mut client = TcpStream::connect(gate.addr).unwrap();
+    client
+        .write_all(&partial_forwarded_request("body-cut"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    let completed = record_of(&gate, "body-cut", "completed");
+    assert_eq!(completed["status"], 400);
+    assert_eq!(completed["denied_by"], "body");
+    assert_eq!(completed["reasons"][0]["code"], "SWR.GATE.4000003");
 }

@@ -45,6 +45,11 @@ pub enum Behaviour {
     Normal,
     Slow(Duration),
     Reset,
+    /// Start a 201 answer of `Content-Length: 10` (or a chunked one), send `{`, then
+    /// send nothing more for 100 s.
+    StallMidAnswer {
+        chunked: bool,
+    },
 }
 
 /// How the stand-in SWR decides whether a token is good, and what it refused.
@@ -194,8 +199,13 @@ impl StandInSwr {
                 let (rec, beh, images, aut) =
                     (rec.clone(), beh.clone(), images.clone(), aut.clone());
                 tokio::spawn(async move {
-                    if *beh.lock().unwrap() == Behaviour::Reset {
+                    let behaviour = *beh.lock().unwrap();
+                    if behaviour == Behaviour::Reset {
                         drop(stream);
+                        return;
+                    }
+                    if let Behaviour::StallMidAnswer { chunked } = behaviour {
+                        stall_mid_answer(stream, chunked).await;
                         return;
                     }
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -266,6 +276,19 @@ impl StandInSwr {
     pub fn clear(&self) {
         self.received.lock().unwrap().clear();
     }
+}
+
+/// Read (some of) the request, then begin an answer and stall in its body.
+async fn stall_mid_answer(mut stream: tokio::net::TcpStream, chunked: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = [0u8; 8192];
+    let _ = stream.read(&mut request).await;
+    let answer: &[u8] = match chunked {
+        false => b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{",
+        true => b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n",
+    };
+    let _ = stream.write_all(answer).await;
+    tokio::time::sleep(Duration::from_secs(100)).await;
 }
 
 fn swr_error(status: StatusCode, code: &str, msg: &str) -> Response<Full<Bytes>> {
