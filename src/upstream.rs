@@ -205,11 +205,14 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and
+/// `Expect`, which the gateway has already answered for the client (hyper sends the
+/// `100 Continue` when the body is first read).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
+            | "expect"
             | "keep-alive"
             | "proxy-connection"
             | "proxy-authenticate"
@@ -513,6 +516,7 @@ mod tests {
             ("x-custom-hop", "1"),
             ("transfer-encoding", "chunked"),
             ("x-real-ip", "6.6.6.6"),
+            ("expect", "100-continue"),
             ("forwarded", "for=6.6.6.6"),
             ("content-type", "application/json"),
             ("x-project-id", "p1"),
