@@ -418,7 +418,8 @@ fn refuse_ambiguous_message(parts: &http::request::Parts) -> Result<(), GateErro
     if hosts > 1 {
         return refuse("the request has more than one Host header");
     }
-    if hosts == 0 && parts.version == http::Version::HTTP_11 {
+    // An absolute-form target names its host itself (what hyper's own client sends).
+    if hosts == 0 && parts.version == http::Version::HTTP_11 && parts.uri.authority().is_none() {
         return refuse("an HTTP/1.1 request needs a Host header");
     }
     let mut codings = parts
