@@ -241,6 +241,15 @@ fn ambiguous_framing_and_hosts_are_refused() {
         201,
         "HTTP/1.0 needs no Host"
     );
+    let absolute = format!(
+        "POST http://gate.example{CREATE} HTTP/1.1\r\nconnection: close\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(
+        gate.send_raw(absolute.as_bytes()).status,
+        201,
+        "an absolute-form target names its host"
+    );
 }
 
 /// A refused body is audited with what it held, so a search for attempted manage
