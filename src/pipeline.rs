@@ -152,7 +152,7 @@ async fn process(
     exchange: &mut Exchange,
     request: Request<Incoming>,
 ) -> Result<Response<GateBody>, GateError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let mut body = RequestBody::Streaming(body);
     refuse_method_override(&parts.headers)?;
     refuse_ambiguous_message(&parts)?;
@@ -216,6 +216,8 @@ async fn process(
             exchange.decision = Decision::Allow;
             record_decision(gate, snapshot, exchange).await?;
             let canonical = RequestBody::Buffered(Bytes::from(document.to_string()));
+            // The method was checked and signed as sent (`patch`); SWR gets the route's.
+            parts.method = snapshot.routes.route(route).method.clone();
             forward(
                 gate,
                 snapshot,

@@ -59,12 +59,28 @@ pub struct RouteSpec {
     pub schema: Option<PathBuf>,
 }
 
-/// The route file: `[[route]]` entries.
+/// The route file: `sibling_methods` and `[[route]]` entries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
+    /// The methods of SWR's unguarded operations on the guarded paths (reading and
+    /// deleting what the guarded ones write): left to `unmatched`. Any other method on a
+    /// guarded path is refused, since SWR might take it for the guarded operation.
+    #[serde(default)]
+    pub sibling_methods: Vec<String>,
     #[serde(default)]
     pub route: Vec<RouteSpec>,
+}
+
+/// A `sibling_methods` entry. Compared exactly, as HTTP methods are, so it must be
+/// written in uppercase like every method SWR serves.
+pub fn parse_sibling_method(name: &str) -> Result<Method, String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "sibling method {name:?} must be an uppercase method name such as \"GET\""
+        ));
+    }
+    Method::from_bytes(name.as_bytes()).map_err(|_| format!("invalid method {name:?}"))
 }
 
 #[derive(Debug, Clone)]
@@ -115,24 +131,29 @@ impl Route {
         })
     }
 
-    /// Match decoded segments; literals compare case-insensitively so that a case variant
-    /// of a guarded path is still that guarded path, never "unmatched".
-    fn matches(&self, segments: &[Decoded]) -> Option<Target> {
-        if segments.len() != self.segments.len() {
-            return None;
-        }
+    /// Do decoded segments match the template? Literals compare case-insensitively so
+    /// that a case variant of a guarded path is still that guarded path, never "unmatched".
+    fn matches(&self, segments: &[Decoded]) -> bool {
+        segments.len() == self.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(segments)
+                .all(|(template, segment)| match template {
+                    Segment::Literal(literal) => segment.text.eq_ignore_ascii_case(literal),
+                    Segment::Param(_) => true,
+                })
+    }
+
+    /// The names in segments that [`Route::matches`].
+    fn target(&self, segments: &[Decoded]) -> Target {
         let mut target = Target::default();
         for (template, segment) in self.segments.iter().zip(segments) {
-            match template {
-                Segment::Literal(literal) => {
-                    if !segment.text.eq_ignore_ascii_case(literal) {
-                        return None;
-                    }
-                }
-                Segment::Param(param) => target.set(*param, segment),
+            if let Segment::Param(param) = template {
+                target.set(*param, segment);
             }
         }
-        Some(target)
+        target
     }
 
     /// Does this route match if its repository parameter may span several segments?
@@ -259,11 +280,15 @@ pub enum Resolved {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    sibling_methods: Vec<Method>,
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> RouteTable {
-        RouteTable { routes }
+    pub fn new(routes: Vec<Route>, sibling_methods: Vec<Method>) -> RouteTable {
+        RouteTable {
+            routes,
+            sibling_methods,
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -283,6 +308,7 @@ impl RouteTable {
         query: Option<&str>,
     ) -> Result<Resolved, GateError> {
         let decoded = decode_path(path)?;
+        let mut on_guarded_path = false;
         for (index, route) in self.routes.iter().enumerate() {
             // Whatever the method: a guarded path with a '/' in a name is ambiguous for
             // every operation SWR has on it, not only the guarded one.
@@ -295,24 +321,31 @@ impl RouteTable {
                     ),
                 ));
             }
-            if route.method != *method {
+            if !route.matches(&decoded.segments) {
                 continue;
             }
-            if let Some(mut target) = route.matches(&decoded.segments) {
-                target.validate()?;
-                if query.is_some() {
-                    return Err(GateError::new(
-                        ErrorKind::QueryNotAllowed,
-                        format!("{} takes no query string", route.operation),
-                    ));
-                }
-                let upstream_path = route.upstream_path(&target);
-                return Ok(Resolved::Guarded {
-                    route: index,
-                    target,
-                    upstream_path,
-                });
+            // A server may read methods case-insensitively: `patch` is the guarded PATCH.
+            if !route.method.as_str().eq_ignore_ascii_case(method.as_str()) {
+                on_guarded_path = true;
+                continue;
             }
+            let mut target = route.target(&decoded.segments);
+            target.validate()?;
+            if query.is_some() {
+                return Err(GateError::new(
+                    ErrorKind::QueryNotAllowed,
+                    format!("{} takes no query string", route.operation),
+                ));
+            }
+            let upstream_path = route.upstream_path(&target);
+            return Ok(Resolved::Guarded {
+                route: index,
+                target,
+                upstream_path,
+            });
+        }
+        if on_guarded_path && !self.sibling_methods.contains(method) {
+            return Err(self.method_refused(method, &decoded.segments));
         }
         if decoded.has_encoded_separator {
             return Err(GateError::new(
@@ -327,6 +360,26 @@ impl RouteTable {
             path_and_query.push_str(query);
         }
         Ok(Resolved::Unmatched { path_and_query })
+    }
+
+    /// The refusal of a method that is neither a guarded operation's nor a sibling's on
+    /// a guarded path, naming the methods that are accepted there.
+    fn method_refused(&self, method: &Method, segments: &[Decoded]) -> GateError {
+        let mut accepted: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|route| route.matches(segments))
+            .map(|route| format!("{} ({})", route.method, route.operation))
+            .collect();
+        accepted.extend(self.sibling_methods.iter().map(Method::to_string));
+        GateError::new(
+            ErrorKind::PathRejected,
+            format!(
+                "method {:?} is refused on a guarded path; accepted there: {}",
+                truncate(method.as_str(), 20),
+                accepted.join(", ")
+            ),
+        )
     }
 }
 
@@ -527,6 +580,11 @@ mod tests {
                 .iter()
                 .map(|s| Route::parse(s).unwrap())
                 .collect(),
+            specs
+                .sibling_methods
+                .iter()
+                .map(|m| parse_sibling_method(m).unwrap())
+                .collect(),
         )
     }
 
@@ -658,9 +716,67 @@ mod tests {
             }
         );
         assert!(matches!(
+            resolve(
+                "DELETE",
+                "/v2/manage/namespaces/ns/repositories/app/access-domains/d"
+            )
+            .unwrap(),
+            Resolved::Unmatched { .. }
+        ));
+        assert!(matches!(
             resolve("GET", "/v2/manage/repos").unwrap(),
             Resolved::Unmatched { .. }
         ));
+    }
+
+    #[test]
+    fn a_method_in_any_case_is_the_guarded_operation() {
+        for method in ["post", "Post", "pOST"] {
+            guarded(method, "/v2/manage/namespaces/ns/repos/app/access");
+        }
+        for method in ["patch", "Patch"] {
+            guarded(method, "/v2/manage/namespaces/ns/repos/app/access");
+            guarded(
+                method,
+                "/v2/manage/namespaces/ns/repositories/app/access-domains/d/",
+            );
+        }
+    }
+
+    #[test]
+    fn other_methods_on_a_guarded_path_are_refused() {
+        for (method, path) in [
+            ("PUT", "/v2/manage/namespaces/ns/repos/app/access"),
+            ("OPTIONS", "/v2/manage/namespaces/ns/repos/app/access"),
+            ("get", "/v2/manage/namespaces/ns/repos/app/access"),
+            ("Delete", "/V2/manage/namespaces/ns/repos/app/access/"),
+            ("FOO", "/v2/manage/namespaces/ns/repos/app/access"),
+            (
+                "POST",
+                "/v2/manage/namespaces/ns/repositories/app/access-domains/d",
+            ),
+            (
+                "PUT",
+                "/v2/manage/namespaces/ns/repositories/app/access-domains/d",
+            ),
+        ] {
+            let err = resolve(method, path).expect_err(method);
+            assert_eq!(err.kind, ErrorKind::PathRejected, "{method} {path}: {err}");
+        }
+        let err = resolve("PUT", "/v2/manage/namespaces/ns/repos/app/access").unwrap_err();
+        assert!(
+            err.message.contains("POST (create_user_repository_auth)")
+                && err.message.contains("DELETE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sibling_methods_must_be_uppercase() {
+        assert_eq!(parse_sibling_method("GET").unwrap(), Method::GET);
+        for bad in ["get", "", "G-T"] {
+            assert!(parse_sibling_method(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

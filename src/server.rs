@@ -1,25 +1,28 @@
 //! Listening: plain TCP or TLS, HTTP/1.1 and HTTP/2 on the same port (h2c by prior
-//! knowledge, or ALPN under TLS), slow clients cut off, graceful shutdown on SIGTERM.
+//! knowledge, or ALPN under TLS), slow and idle clients cut off, graceful shutdown on SIGTERM.
 //! Connections are accepted and served on the request threads of [`crate::workers`];
 //! this module's main loop only answers signals.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
@@ -28,9 +31,10 @@ use crate::auth::{FailureLimiter, PeerCertificate, ReplayGuard};
 use crate::config::Config;
 use crate::iam::TokenSource;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Gate, Peer};
+use crate::pipeline::{self, Gate, GateBody, Peer};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
+use crate::upstream::BoxError;
 use crate::workers::Workers;
 
 /// Largest request head (request line plus headers) accepted.
@@ -143,11 +147,11 @@ async fn accept(
     gate: Arc<Gate>,
     limits: ConnectionLimits,
     grace: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> bool {
-    let graceful = GracefulShutdown::new();
-    // Held by every request's task: the drain also waits for requests whose client left.
-    let in_flight = watch::Sender::new(());
+    // Every connection's task, and every request's, holds a receiver; `closed` resolves
+    // once all are gone, so the drain also waits for requests whose client left.
+    let open = watch::Sender::new(());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -163,26 +167,26 @@ async fn accept(
                 let _ = stream.set_nodelay(true);
                 let gate = gate.clone();
                 let tls = gate.snapshot.load().tls.clone();
-                let watcher = graceful.watcher();
-                let requests = in_flight.subscribe();
+                let (stop, open) = (stop.clone(), open.subscribe());
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, tls, gate, limits, watcher, requests).await;
+                    serve_connection(stream, peer, tls, gate, limits, stop, open).await;
                 });
             }
-            // A closed channel (the main thread gone) stops too.
-            _ = async { drop(stop.wait_for(|stop| *stop).await) } => break,
+            _ = stopped(stop.clone()) => break,
         }
     }
     drop(listener);
-    let drained = async {
-        graceful.shutdown().await;
-        in_flight.closed().await;
-    };
-    tokio::time::timeout(grace, drained).await.is_ok()
+    tokio::time::timeout(grace, open.closed()).await.is_ok()
+}
+
+/// Resolves once `stop` turns true, or its sender (the main thread) is gone.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    drop(stop.wait_for(|stop| *stop).await);
 }
 
 #[derive(Clone, Copy)]
 struct ConnectionLimits {
+    /// Also how long a connection may stay open with no request in progress.
     header_timeout: Duration,
 }
 
@@ -192,8 +196,8 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     gate: Arc<Gate>,
     limits: ConnectionLimits,
-    watcher: hyper_util::server::graceful::Watcher,
-    requests: watch::Receiver<()>,
+    stop: watch::Receiver<bool>,
+    open: watch::Receiver<()>,
 ) {
     let result = match tls {
         None => {
@@ -201,7 +205,7 @@ async fn serve_connection(
                 addr,
                 certificate: None,
             };
-            serve_http(TokioIo::new(stream), peer, gate, limits, watcher, requests).await
+            serve_http(TokioIo::new(stream), peer, gate, limits, stop, open).await
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -226,7 +230,7 @@ async fn serve_connection(
                 .and_then(|leaf| PeerCertificate::from_der(leaf))
                 .map(Arc::new);
             let peer = Peer { addr, certificate };
-            serve_http(TokioIo::new(stream), peer, gate, limits, watcher, requests).await
+            serve_http(TokioIo::new(stream), peer, gate, limits, stop, open).await
         }
     };
     if let Err(error) = result {
@@ -235,14 +239,22 @@ async fn serve_connection(
 }
 
 /// HTTP/1.1 or HTTP/2 (whichever the client speaks) on one connection, every request
-/// through the pipeline, until the client leaves or shutdown asks the connection to end.
+/// through the pipeline, until the client leaves, shutdown asks the connection to end,
+/// or it has had no request in progress for `header_timeout`.
+///
+/// hyper's `header_read_timeout` covers HTTP/1.1 only once the auto builder has seen a
+/// byte that is not the HTTP/2 preface, and HTTP/2 has no idle limit at all (its PINGs
+/// find dead peers, not idle ones), so silent, preface-only and stream-less connections
+/// would be held forever. One timer per connection closes them: the first request must
+/// arrive within `header_timeout`, and a connection idle that long is shut down
+/// gracefully (GOAWAY on HTTP/2), then dropped if it is still idle `header_timeout` later.
 async fn serve_http<I>(
     io: I,
     peer: Peer,
     gate: Arc<Gate>,
     limits: ConnectionLimits,
-    watcher: hyper_util::server::graceful::Watcher,
-    requests: watch::Receiver<()>,
+    stop: watch::Receiver<bool>,
+    open: watch::Receiver<()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -259,18 +271,125 @@ where
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(256);
     let peer = Arc::new(peer);
-    let service = service_fn(move |request| {
-        let (gate, peer, held) = (gate.clone(), peer.clone(), requests.clone());
-        // A task of its own, which the client hanging up does not cancel.
-        let handling = tokio::spawn(async move {
-            let _in_flight = held;
-            pipeline::handle(gate, peer, request).await
-        });
-        async move { Ok::<_, std::convert::Infallible>(handling.await.unwrap_or_else(pipeline::failed)) }
-    });
-    watcher
-        .watch(builder.serve_connection(io, service).into_owned())
-        .await
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |request| {
+            let (gate, peer, held) = (gate.clone(), peer.clone(), open.clone());
+            let busy = Busy::start(activity.clone());
+            // A task of its own, which the client hanging up does not cancel.
+            let handling = tokio::spawn(async move {
+                let _in_flight = held;
+                pipeline::handle(gate, peer, request).await
+            });
+            async move {
+                let response = handling.await.unwrap_or_else(pipeline::failed);
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Tracked { body, _busy: busy }),
+                )
+            }
+        })
+    };
+    let idle_limit = limits.header_timeout;
+    let mut connection = pin!(builder.serve_connection(io, service));
+    let mut stopping = pin!(stopped(stop));
+    let mut deadline = Instant::now() + idle_limit;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            _ = stopping.as_mut(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                match activity.idle_until(idle_limit) {
+                    Some(until) if until <= now && closing => return Ok(()),
+                    Some(until) if until <= now => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        deadline = now + idle_limit;
+                    }
+                    Some(until) => deadline = until,
+                    None => deadline = now + idle_limit,
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connection has a request in progress, and since when it has had none.
+/// Read only by the connection's timer: a request costs three atomic updates and a clock read.
+struct Activity {
+    opened: Instant,
+    in_progress: AtomicUsize,
+    /// Milliseconds after `opened` when the last request finished.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            in_progress: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection will have been idle for `limit`; `None` while a request is in progress.
+    fn idle_until(&self, limit: Duration) -> Option<Instant> {
+        if self.in_progress.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        Some(self.opened + since + limit)
+    }
+}
+
+/// One request in progress, from its head until its answer has been sent (or dropped).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Busy {
+        activity.in_progress.fetch_add(1, Ordering::AcqRel);
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let since = self.0.opened.elapsed().as_millis() as u64;
+        self.0.idle_since.store(since, Ordering::Release);
+        self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that keeps its request counted as in progress until hyper is done
+/// with it, so a slow download is not taken for an idle connection.
+struct Tracked {
+    body: GateBody,
+    _busy: Busy,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A small plain-HTTP server for the admin endpoints and the dev stand-ins: every

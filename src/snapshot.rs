@@ -14,7 +14,7 @@ use crate::auth::Clients;
 use crate::config::{ClientAuth, Config, ServerTls};
 use crate::policy::{Known, Policies};
 use crate::ratelimit::RateLimits;
-use crate::route::{Route, RouteFile, RouteTable};
+use crate::route::{parse_sibling_method, Route, RouteFile, RouteTable};
 use crate::schema::Schema;
 use crate::upstream::Upstream;
 
@@ -152,6 +152,13 @@ fn load_routes(policy_dir: &Path) -> Result<RouteTable, String> {
             )),
         }
     }
+    let mut sibling_methods = Vec::new();
+    for name in &file.sibling_methods {
+        match parse_sibling_method(name) {
+            Ok(method) => sibling_methods.push(method),
+            Err(error) => problems.push(format!("{}: {error}", path.display())),
+        }
+    }
     for (i, route) in routes.iter().enumerate() {
         if routes[..i].iter().any(|r| r.operation == route.operation) {
             problems.push(format!(
@@ -162,7 +169,7 @@ fn load_routes(policy_dir: &Path) -> Result<RouteTable, String> {
         }
     }
     if problems.is_empty() {
-        Ok(RouteTable::new(routes))
+        Ok(RouteTable::new(routes, sibling_methods))
     } else {
         Err(problems.join("\n"))
     }

@@ -69,3 +69,145 @@ fn oversized_headers_are_refused() {
     );
     assert!(swr.received().is_empty());
 }
+
+/// Read until the gateway closes the connection; panics if it is still open after `limit`.
+fn closed_within(mut stream: TcpStream, limit: Duration) -> Duration {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("still open after {:?} ({e})", started.elapsed()),
+    }
+    started.elapsed()
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[test]
+fn connections_that_send_no_request_are_closed() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    // An empty SETTINGS frame: a complete HTTP/2 handshake that never opens a stream.
+    let settings = [H2_PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+    let openings: [&[u8]; 6] = [b"", b"P", &H2_PREFACE[..23], H2_PREFACE, &settings, b"G"];
+    let streams: Vec<TcpStream> = openings
+        .iter()
+        .map(|opening| {
+            let mut stream = TcpStream::connect(gate.addr).unwrap();
+            stream.write_all(opening).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (stream, opening) in streams.into_iter().zip(openings) {
+            scope.spawn(move || {
+                // header_timeout is 2 s; HTTP/2 gets as long again to take its GOAWAY.
+                let waited = closed_within(stream, Duration::from_secs(15));
+                assert!(
+                    waited < Duration::from_secs(10),
+                    "{opening:?}: closed after {waited:?}"
+                );
+            });
+        }
+    });
+    assert!(swr.received().is_empty());
+}
+
+#[test]
+fn an_idle_http1_keep_alive_connection_is_closed() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let mut stream = TcpStream::connect(gate.addr).unwrap();
+    stream
+        .write_all(
+            format!("GET /v2/manage/repos HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 404");
+    let waited = closed_within(stream, Duration::from_secs(15));
+    assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
+}
+
+/// An HTTP/2 connection to the gateway, and the task driving it (done once it closed).
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driver)
+}
+
+fn h2_request(
+    method: &str,
+    path: &str,
+    body: &str,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("http://swr.local{path}"))
+        .header("x-api-key", API_KEY)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap()
+}
+
+#[test]
+fn an_http2_connection_without_open_streams_is_sent_away() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (mut sender, driver) = h2_connect(gate.addr).await;
+        let response = sender
+            .send_request(h2_request("GET", "/v2/manage/repos", ""))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+        // The sender is kept: only the gateway can end this connection.
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(15), driver)
+            .await
+            .expect("the gateway closes an idle HTTP/2 connection")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(sender.is_closed());
+    });
+}
+
+#[test]
+fn a_request_in_progress_is_not_taken_for_idleness() {
+    let swr = StandInSwr::start();
+    swr.set(Behaviour::Slow(Duration::from_secs(5)));
+    // SWR answers well after header_timeout (2 s) has passed on the connection.
+    let gate = Gateway::start_with(&swr.url(), "", |config| {
+        *config = config.replace("\ntimeout = \"2s\"", "\ntimeout = \"10s\"");
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (mut sender, _driver) = h2_connect(gate.addr).await;
+        let response = sender
+            .send_request(h2_request("POST", CREATE, &grants(1)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    });
+    assert_eq!(swr.received().len(), 1);
+}
