@@ -24,7 +24,9 @@ pub fn check(config_path: &Path) -> Report {
         }
     };
     let password = crate::iam::read_password(&config).err();
-    let audit = crate::audit::check(&config).err();
+    let audit = crate::audit::check(&config)
+        .err()
+        .map(|problem| config.locate(problem));
     let mut report = match Snapshot::load(config, None) {
         Ok(snapshot) => Report {
             problems: Vec::new(),

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -30,6 +31,10 @@ pub struct Config {
     /// The directory of the config file; relative paths in it start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The config file, and its text, so that a problem found after parsing can still
+    /// name its line.
+    #[serde(skip)]
+    source: Option<(PathBuf, Arc<str>)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +347,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
         let mut config: Config =
             toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.source = Some((path.to_path_buf(), text.into()));
         config.base_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -356,6 +362,22 @@ impl Config {
             path.to_path_buf()
         } else {
             self.base_dir.join(path)
+        }
+    }
+
+    /// `problem` with the place in the config file it is about, when it names one by its
+    /// table and key (`[upstream] url …`, `[[clients]] "ci": api_key_sha256 …`), as toml
+    /// names the place of a parse error: `FILE:LINE: problem`, or `FILE: problem`.
+    pub fn locate(&self, problem: String) -> String {
+        let Some((path, text)) = &self.source else {
+            return problem;
+        };
+        if !problem.starts_with('[') && !problem.contains("[[clients]]") {
+            return problem;
+        }
+        match line_of(text, &problem) {
+            Some(line) => format!("{}:{line}: {problem}", path.display()),
+            None => format!("{}: {problem}", path.display()),
         }
     }
 
@@ -402,9 +424,92 @@ impl Config {
     }
 }
 
+/// The line (from 1) of the key a problem names, or of its table when the key is not
+/// written there (a default). Tables are found by their header lines, which is how
+/// configs are written; a table written inline is not found, and the problem goes
+/// without a line.
+fn line_of(text: &str, problem: &str) -> Option<usize> {
+    let (header, rest) = match problem.strip_prefix("[[") {
+        Some(rest) => {
+            let (table, rest) = rest.split_once("]]")?;
+            (format!("[[{table}]]"), rest)
+        }
+        None => {
+            let (table, rest) = problem.strip_prefix('[')?.split_once(']')?;
+            (format!("[{table}]"), rest)
+        }
+    };
+    let rest = rest.trim_start();
+    // `[[clients]] "ci": …` names its entry by id.
+    let (id, rest) = match rest.strip_prefix('"') {
+        Some(quoted) => {
+            let (id, rest) = quoted.split_once('"')?;
+            (Some(id), rest)
+        }
+        None => (None, rest),
+    };
+    let key: String = rest
+        .trim_start_matches([':', ' '])
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let key_of = |line: &str| {
+        line.split_once('=')
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+    };
+    let mut block: Option<(usize, bool)> = None;
+    let mut found = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            if let Some((start, true)) = block {
+                return Some(found.unwrap_or(start));
+            }
+            block = (line == header).then_some((n + 1, id.is_none()));
+            found = None;
+            continue;
+        }
+        let (Some((start, _)), Some((k, v))) = (block, key_of(line)) else {
+            continue;
+        };
+        if let Some(id) = id {
+            if k == "id" && v.trim_matches('"') == id {
+                block = Some((start, true));
+            }
+        }
+        if k == key && found.is_none() {
+            found = Some(n + 1);
+        }
+    }
+    match block {
+        Some((start, true)) => Some(found.unwrap_or(start)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_problem_is_placed_on_the_line_of_its_key_or_table() {
+        let text = "[server]\nlisten = \"x\"\n\n[upstream]\n# the SWR endpoint\nurl = \"ftp://x\"\n\n[[clients]]\nid = \"a\"\n\n[[clients]]\nid = \"ci\"\ngroups = []\napi_key_sha256 = \"zz\"\n[audit]\npath = \"-\"\n";
+        let line = |problem: &str| line_of(text, problem);
+        assert_eq!(line("[upstream] url \"ftp://x\" must be …"), Some(6));
+        assert_eq!(
+            line("[[clients]] \"ci\": api_key_sha256 must be …"),
+            Some(14)
+        );
+        assert_eq!(
+            line("[[clients]] \"a\": api_key_sha256 must be …"),
+            Some(8),
+            "not written: the entry"
+        );
+        assert_eq!(line("[server] max_body_bytes must be at least 1"), Some(1));
+        assert_eq!(line("[audit] path /x: …"), Some(16));
+        assert_eq!(line("[iam] method needs …"), None, "no such table");
+        assert_eq!(line("no [[clients]] are configured"), None);
+    }
 
     const MINIMAL: &str = r#"
 [server]

@@ -82,7 +82,10 @@ impl Snapshot {
                     rate_limits,
                 })
             }
-            _ => Err(problems),
+            _ => Err(problems
+                .into_iter()
+                .map(|problem| config.locate(problem))
+                .collect()),
         }
     }
 }

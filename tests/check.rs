@@ -166,3 +166,28 @@ fn an_audit_trail_serve_could_not_open_is_reported() {
         assert!(!ok && output.contains(named), "{audit}: {output}");
     }
 }
+
+/// A problem found after parsing names its file and line, as a parse error does.
+#[test]
+fn a_value_that_parses_but_is_wrong_is_placed_by_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config("127.0.0.1:1".parse().unwrap(), "ftp://127.0.0.1:2", "");
+    let text = text.replacen("api_key_sha256 = \"", "api_key_sha256 = \"zz", 1);
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
+    let (ok, output) = check(&path);
+    assert!(!ok);
+    for (problem, needle) in [
+        ("[upstream] url", "ftp://"),
+        ("api_key_sha256 must be", "\"zz"),
+    ] {
+        let placed = format!("{}:{}: ", path.display(), line_of(needle));
+        assert!(
+            output
+                .lines()
+                .any(|l| l.contains(&placed) && l.contains(problem)),
+            "{problem} at {placed}: {output}"
+        );
+    }
+}
