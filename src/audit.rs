@@ -267,8 +267,11 @@ impl AuditLog {
             settled: false,
         };
         // The other requests that are ready on this thread seal their records meanwhile,
-        // and the first to come back writes them all.
-        tokio::task::yield_now().await;
+        // and the first to come back writes them all. Alone, a request writes at once:
+        // the turn would cost it a poll of the runtime's driver and coalesce nothing.
+        if crate::workers::others_in_flight() {
+            tokio::task::yield_now().await;
+        }
         sealed.settle()
     }
 

@@ -61,6 +61,7 @@ pub async fn handle(
     peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Response<GateBody> {
+    let _in_flight = crate::workers::InFlight::start();
     let snapshot = gate.snapshot.load_full();
     let mut account = Account {
         audit: &gate.audit,

@@ -15,6 +15,30 @@ use tokio::sync::watch;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A request in progress on this thread, counted while it lives. A request's task never
+/// leaves the thread that accepted it, so the count needs no atomics.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        IN_FLIGHT.with(|n| n.set(n.get() + 1));
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Whether requests other than the caller's are in progress on this thread: work that
+/// can wait a turn to be done together with theirs.
+pub fn others_in_flight() -> bool {
+    IN_FLIGHT.with(Cell::get) > 1
 }
 
 /// How many request threads to run: the CPUs this process may use (its affinity mask
