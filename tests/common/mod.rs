@@ -371,6 +371,31 @@ async fn swr_answer(
     response
 }
 
+/// Whether process `pid` holds the socket that listens on `port` (Linux: the listening
+/// socket's inode in /proc/net/tcp among the process's descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    let suffix = format!(":{port:04X}");
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            (local.ends_with(&suffix) && *state == "0A").then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    descriptors.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -456,39 +481,62 @@ impl Gateway {
         edit: impl FnOnce(&mut String),
         env: &[(&str, &str)],
     ) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        let mut addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut text = config(addr, upstream, extra);
         edit(&mut text);
         let config_path = dir.path().join("gate.toml");
-        std::fs::write(&config_path, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("SWR_GATE_TEST_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut gateway = Gateway { addr, dir, child };
-        gateway.wait_until_listening();
-        gateway
+        // A port picked free can be taken by another test before the gateway binds it:
+        // then the gateway exits, and another port is tried.
+        for _ in 0..5 {
+            std::fs::write(&config_path, &text).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+                .args(["serve", "--config"])
+                .arg(&config_path)
+                .env("SWR_GATE_TEST_TOKEN", TOKEN)
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
+                .spawn()
+                .unwrap();
+            let mut gateway = Gateway { addr, dir, child };
+            if gateway.wait_until_listening() {
+                return gateway;
+            }
+            let next: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            text = text.replace(&addr.to_string(), &next.to_string());
+            addr = next;
+            dir = gateway.into_dir();
+        }
+        panic!("swr-gate found no free port to listen on");
     }
 
-    fn wait_until_listening(&mut self) {
+    /// Wait until this gateway (not another test's, on a port both picked) listens;
+    /// false when it could not bind its port.
+    fn wait_until_listening(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect(self.addr).is_ok() {
-                return;
+            if TcpStream::connect(self.addr).is_ok() && listens(self.child.id(), self.addr.port()) {
+                return true;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                if self.log().contains("cannot listen on") {
+                    return false;
+                }
                 panic!("swr-gate exited with {status}: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("swr-gate did not start listening on {}", self.addr);
+    }
+
+    /// The temp dir of a gateway that did not start, for the next try.
+    fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 
     pub fn audit_path(&self) -> PathBuf {
