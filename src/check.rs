@@ -23,7 +23,9 @@ pub fn check(config_path: &Path) -> Report {
             }
         }
     };
-    let password = crate::iam::read_password(&config).err();
+    let password = crate::iam::read_password(&config)
+        .err()
+        .map(|problem| config.locate(problem));
     let audit = crate::audit::check(&config)
         .err()
         .map(|problem| config.locate(problem));

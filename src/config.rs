@@ -453,9 +453,15 @@ fn line_of(text: &str, problem: &str) -> Option<usize> {
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();
+    // `key = value # comment`: what the value's quotes hold, or its first word.
     let key_of = |line: &str| {
-        line.split_once('=')
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        let (k, v) = line.split_once('=')?;
+        let v = v.trim();
+        let value = match v.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next().unwrap_or_default(),
+            None => v.split([' ', '#']).next().unwrap_or_default(),
+        };
+        Some((k.trim().to_owned(), value.to_owned()))
     };
     let mut block: Option<(usize, bool)> = None;
     let mut found = None;
@@ -465,7 +471,11 @@ fn line_of(text: &str, problem: &str) -> Option<usize> {
             if let Some((start, true)) = block {
                 return Some(found.unwrap_or(start));
             }
-            block = (line == header).then_some((n + 1, id.is_none()));
+            let this = line.strip_prefix(header.as_str()).is_some_and(|rest| {
+                let rest = rest.trim_start();
+                rest.is_empty() || rest.starts_with('#')
+            });
+            block = this.then_some((n + 1, id.is_none()));
             found = None;
             continue;
         }
@@ -473,7 +483,7 @@ fn line_of(text: &str, problem: &str) -> Option<usize> {
             continue;
         };
         if let Some(id) = id {
-            if k == "id" && v.trim_matches('"') == id {
+            if k == "id" && v == id {
                 block = Some((start, true));
             }
         }
@@ -493,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_problem_is_placed_on_the_line_of_its_key_or_table() {
-        let text = "[server]\nlisten = \"x\"\n\n[upstream]\n# the SWR endpoint\nurl = \"ftp://x\"\n\n[[clients]]\nid = \"a\"\n\n[[clients]]\nid = \"ci\"\ngroups = []\napi_key_sha256 = \"zz\"\n[audit]\npath = \"-\"\n";
+        let text = "[server]\nlisten = \"x\"\n\n[upstream]\n# the SWR endpoint\nurl = \"ftp://x\"\n\n[[clients]]\nid = \"a\"\n\n[[clients]]   # the CI\nid = \"ci\" # runner\ngroups = []\napi_key_sha256 = \"zz\"\n[audit]\npath = \"-\"\n";
         let line = |problem: &str| line_of(text, problem);
         assert_eq!(line("[upstream] url \"ftp://x\" must be …"), Some(6));
         assert_eq!(
