@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::auth::AuthMethod;
 use crate::config::{Config, Fsync};
-use crate::crypto::{constant_time_eq, hex, hmac_sha256, sha256};
+use crate::crypto::{constant_time_eq, hex, sha256};
 
 /// The `prev` of the first record of a new trail.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -111,17 +111,20 @@ pub struct Record {
 /// that someone who can edit the file cannot also recompute the chain.
 #[derive(Clone)]
 pub struct Chain {
-    key: Option<Vec<u8>>,
+    /// Prepared once: preparing an HMAC key hashes it, which every record would repeat.
+    key: Option<ring::hmac::Key>,
 }
 
 impl Chain {
     pub fn new(key: Option<Vec<u8>>) -> Chain {
-        Chain { key }
+        Chain {
+            key: key.map(|key| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)),
+        }
     }
 
     fn digest(&self, bytes: &[u8]) -> String {
         match &self.key {
-            Some(key) => hex(&hmac_sha256(key, bytes)),
+            Some(key) => hex(ring::hmac::sign(key, bytes).as_ref()),
             None => hex(&sha256(bytes)),
         }
     }
@@ -190,7 +193,8 @@ pub struct AuditLog {
 /// What the writer tells the rest of the gateway: /readyz and /metrics read it.
 #[derive(Debug)]
 pub struct Health {
-    /// Whether the last write (or sync) succeeded.
+    /// Whether the last write (or sync) succeeded, or a later look at the file found it
+    /// writable again ([`AuditLog::is_writable`]).
     pub writable: AtomicBool,
     /// Records that could not be written since start.
     pub failures: AtomicU64,
@@ -280,25 +284,36 @@ impl AuditLog {
     fn settle(&self, number: u64) -> io::Result<u64> {
         let mut writer = self.lock();
         if writer.settled < number {
-            let (records, outcome) = writer.write_pending();
-            self.health
-                .writable
-                .store(outcome.is_ok(), Ordering::Relaxed);
-            match outcome {
-                Ok(()) => {
-                    if let Some(syncer) = &self.syncer {
-                        syncer.ask(writer.settled);
-                    }
-                }
-                Err(_) => {
-                    self.health.failures.fetch_add(records, Ordering::Relaxed);
-                }
-            }
+            let _ = self.write_out(&mut writer);
         }
         match writer.claim_loss(number) {
             Some(error) => Err(error),
             None => Ok(number),
         }
+    }
+
+    /// Write what is pending, keep the health account and have the syncer cover it:
+    /// every path that writes records comes through here, so that none leaves a request
+    /// under `fsync = "always"` waiting for a sync nobody asked for.
+    fn write_out(&self, writer: &mut Writer) -> io::Result<()> {
+        let (records, outcome) = writer.write_pending();
+        if records == 0 {
+            return outcome;
+        }
+        self.health
+            .writable
+            .store(outcome.is_ok(), Ordering::Relaxed);
+        match &outcome {
+            Ok(()) => {
+                if let Some(syncer) = &self.syncer {
+                    syncer.ask(writer.settled);
+                }
+            }
+            Err(_) => {
+                self.health.failures.fetch_add(records, Ordering::Relaxed);
+            }
+        }
+        outcome
     }
 
     fn lock(&self) -> MutexGuard<'_, Writer> {
@@ -331,11 +346,12 @@ impl AuditLog {
 
     /// Everything written so far, synced to disk (shutdown).
     pub async fn flush(&self) -> io::Result<()> {
-        let writer = self.writer.clone();
+        let log = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            writer.write_pending().1?;
-            writer.sink.sync()
+            let mut writer = log.lock();
+            let written = log.write_out(&mut writer);
+            let synced = writer.sink.sync();
+            written.and(synced)
         })
         .await
         .map_err(io::Error::other)?
@@ -345,7 +361,7 @@ impl AuditLog {
     pub fn reopen(&self) -> io::Result<()> {
         let mut writer = self.lock();
         // What the old file's chain ends with goes into the old file.
-        let _ = writer.write_pending();
+        let _ = self.write_out(&mut writer);
         let reopened = writer.sink.reopen();
         if reopened.is_err() {
             self.health.writable.store(false, Ordering::Relaxed);
@@ -365,22 +381,33 @@ pub fn hmac_key(var: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The last complete record of a trail file (None: no record, or not a regular file),
-/// and whether a torn one follows it.
+/// and whether a torn one follows it. Read from the end, further back until the line
+/// is whole, however long a record is.
 fn last_record(file: &File, path: &Path) -> Result<(Option<Vec<u8>>, bool), String> {
     let mut file: &File = file;
     let metadata = file.metadata().map_err(|e| e.to_string())?;
     if !metadata.is_file() {
         return Ok((None, false));
     }
-    let start = metadata.len().saturating_sub(64 * 1024);
-    let mut tail = Vec::new();
-    file.seek(SeekFrom::Start(start))
-        .and_then(|_| file.read_to_end(&mut tail))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let torn = !tail.is_empty() && !tail.ends_with(b"\n");
-    tail.truncate(tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
-    let last = tail.split(|b| *b == b'\n').rev().find(|l| !l.is_empty());
-    Ok((last.map(<[u8]>::to_vec), torn))
+    let mut window = 64 * 1024;
+    loop {
+        let start = metadata.len().saturating_sub(window);
+        let mut tail = Vec::new();
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_to_end(&mut tail))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let torn = !tail.is_empty() && !tail.ends_with(b"\n");
+        let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let end = tail[..complete]
+            .iter()
+            .rposition(|b| *b != b'\n')
+            .map_or(0, |i| i + 1);
+        match tail[..end].iter().rposition(|b| *b == b'\n') {
+            Some(newline) => return Ok((Some(tail[newline + 1..end].to_vec()), torn)),
+            None if start == 0 => return Ok(((end > 0).then(|| tail[..end].to_vec()), torn)),
+            None => window *= 4,
+        }
+    }
 }
 
 /// The hash a new record chains to after `last`, if `last` verifies.
@@ -450,7 +477,8 @@ enum Sink {
     },
     /// The path could not be opened again after the file was moved away: records are
     /// refused rather than written into the moved file, which logrotate may compress
-    /// and delete. Opening is tried again on the next write.
+    /// and delete. Opening is tried again at most once a second, at a write or a look
+    /// from /readyz.
     Unopened {
         path: PathBuf,
         error: String,
@@ -544,9 +572,14 @@ impl Sink {
         }
         let mut name = std::ffi::OsString::from(".");
         name.push(path.file_name().unwrap_or_default());
-        name.push(".probe");
+        name.push(format!(".{}.probe", std::process::id()));
         let probe = path.with_file_name(name);
-        let written = File::create(&probe).and_then(|mut f| f.write_all(&[0; 4096]));
+        // A new file only: never through a link someone left under that name.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)?;
+        let written = file.write_all(&[0; 4096]);
         let _ = std::fs::remove_file(&probe);
         written
     }
@@ -891,6 +924,26 @@ mod tests {
             (3, writer.prev.clone())
         );
         assert_eq!(writer.write_pending().0, 0, "nothing left to write");
+    }
+
+    #[test]
+    fn the_last_record_is_found_however_long_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trail");
+        let long = "x".repeat(300 * 1024);
+        for (text, last, torn) in [
+            (format!("first\n{long}\n"), Some(long.as_str()), false),
+            (format!("first\n{long}\ntorn"), Some(long.as_str()), true),
+            (format!("{long}\n\n"), Some(long.as_str()), false),
+            ("only\n".to_owned(), Some("only"), false),
+            (String::new(), None, false),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let file = File::open(&path).unwrap();
+            let (found, was_torn) = last_record(&file, &path).unwrap();
+            assert_eq!(found.as_deref(), last.map(str::as_bytes));
+            assert_eq!(was_torn, torn);
+        }
     }
 
     #[test]

@@ -195,6 +195,8 @@ pub struct GateError {
     pub retry_after: Option<u64>,
     /// The rate limit that refused the request: (requests per period, remaining).
     pub rate_limit: Option<(u32, u32)>,
+    /// SWR's status when its answer's head came but the rest failed: SWR did act.
+    pub upstream_status: Option<u16>,
 }
 
 impl GateError {
@@ -205,6 +207,7 @@ impl GateError {
             details: Vec::new(),
             retry_after: None,
             rate_limit: None,
+            upstream_status: None,
         }
     }
 

@@ -39,8 +39,8 @@ pub struct Gate {
     pub replay: ReplayGuard,
     pub auth_failures: FailureLimiter,
     pub metrics: Metrics,
-    /// Set at SIGTERM: /readyz says so, so that load balancers stop sending before the
-    /// listener closes.
+    /// Set at SIGTERM, as the listener closes: /readyz says so for as long as in-flight
+    /// requests drain, so that a health check does not take the instance for ready.
     pub draining: std::sync::atomic::AtomicBool,
 }
 
@@ -130,16 +130,23 @@ impl Drop for Account<'_> {
             return;
         }
         let exchange = &mut self.exchange;
-        let message = match exchange.forwarded_at {
-            Some(at) => {
-                exchange.upstream_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
-                "the gateway stopped before SWR answered"
-            }
-            None => "the gateway stopped before it answered",
-        };
+        if let Some(at) = exchange.forwarded_at {
+            exchange.upstream_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+        }
         exchange.decision = Decision::Error;
-        exchange.status = None;
-        exchange.error = Some(GateError::new(ErrorKind::Stopped, message));
+        let (status, error) = if std::thread::panicking() {
+            // The client gets the 500 of [`failed`].
+            let error = GateError::new(ErrorKind::Internal, "the request could not be handled");
+            (Some(500), error)
+        } else {
+            let message = match exchange.forwarded_at {
+                Some(_) => "the gateway stopped before SWR answered",
+                None => "the gateway stopped before it answered",
+            };
+            (None, GateError::new(ErrorKind::Stopped, message))
+        };
+        exchange.status = status;
+        exchange.error = Some(error);
         if let Err(error) = self.audit.write_now(&exchange.record(Stage::Completed)) {
             tracing::error!(request_id = %exchange.request_id, %error, "audit record could not be written");
         }
@@ -498,7 +505,8 @@ async fn forward(
         }
     }
     exchange.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    let mut response = result?;
+    let mut response =
+        result.inspect_err(|error| exchange.upstream_status = error.upstream_status)?;
     exchange.upstream_status = Some(response.status().as_u16());
     upstream::response_headers_for_client(response.headers_mut());
     Ok(response)
@@ -607,6 +615,7 @@ impl Exchange {
                 self.grants = Some(
                     items
                         .iter()
+                        .take(RECORDED_GRANTS)
                         .map(|item| audit::Grant {
                             user_id: sent(item, "user_id"),
                             user_name: sent(item, "user_name"),
@@ -706,6 +715,11 @@ fn reasons(error: &GateError) -> Vec<audit::Reason> {
         }))
         .collect()
 }
+
+/// How many grants of a body an audit record holds: every grant of a body the shipped
+/// schema accepts (at most 50), and no more of a refused one, so that a body of 30 000
+/// empty items makes a record of its first grants, not of megabytes.
+const RECORDED_GRANTS: usize = 100;
 
 /// The value the client sent under `key`; null when there is none.
 fn sent(value: &Value, key: &str) -> Value {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -146,30 +147,40 @@ impl Upstream {
             .headers_mut()
             .insert(header::HOST, self.authority.clone());
         let client = &self.clients[crate::workers::index() % self.clients.len()];
+        // SWR's status once its head is in: when the rest of the answer then fails, the
+        // error still says what SWR did.
+        let head = AtomicU16::new(0);
         let answer = async {
             let response = client.request(request).await.map_err(refusal)?;
+            head.store(response.status().as_u16(), Ordering::Relaxed);
             let (parts, body) = response.into_parts();
             let body = relay_body(body, self.timeout).await?;
             Ok(Response::from_parts(parts, body))
         };
         tokio::pin!(answer);
-        if let Some(sent) = sent {
-            tokio::select! {
-                answered = &mut answer => return answered,
-                () = sent.wait() => {}
+        let answered = async {
+            if let Some(sent) = sent {
+                tokio::select! {
+                    answered = &mut answer => return answered,
+                    () = sent.wait() => {}
+                }
             }
-        }
-        tokio::time::timeout(self.timeout, answer)
-            .await
-            .unwrap_or_else(|_| {
-                Err(GateError::new(
-                    ErrorKind::UpstreamTimeout,
-                    format!(
-                        "SWR did not answer within {}",
-                        humantime::format_duration(self.timeout)
-                    ),
-                ))
-            })
+            tokio::time::timeout(self.timeout, &mut answer)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GateError::new(
+                        ErrorKind::UpstreamTimeout,
+                        format!(
+                            "SWR did not answer within {}",
+                            humantime::format_duration(self.timeout)
+                        ),
+                    ))
+                })
+        };
+        answered.await.map_err(|mut error| {
+            error.upstream_status = Some(head.load(Ordering::Relaxed)).filter(|s| *s != 0);
+            error
+        })
     }
 }
 

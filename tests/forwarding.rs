@@ -341,6 +341,10 @@ fn swr_stalling_mid_answer_is_504_within_the_upstream_timeout() {
     let completed = record_of(&gate, "stalled-answer", "completed");
     assert_eq!(completed["status"], 504);
     assert_eq!(completed["denied_by"], "upstream");
+    assert_eq!(
+        completed["upstream_status"], 201,
+        "SWR's head came: it acted on the request"
+    );
     let upstream_ms = completed["upstream_ms"].as_f64().unwrap();
     assert!(
         upstream_ms >= 1000.0,
