@@ -280,16 +280,8 @@ fn rotation_by_move_and_sighup_keeps_the_chain_and_loses_nothing() {
 #[test]
 fn a_trail_that_cannot_be_reopened_refuses_until_it_can_and_readyz_follows() {
     let swr = StandInSwr::start();
-    let admin = free_port();
-    let admin_section = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let (admin, admin_section) = with_admin();
     let mut gate = Gateway::start_with(&swr.url(), &admin_section, |_| {});
-    let readyz = || {
-        let out = Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let path = gate.audit_path();
     let rotated = path.with_extension("jsonl.1");
     assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
@@ -304,12 +296,12 @@ fn a_trail_that_cannot_be_reopened_refuses_until_it_can_and_readyz_follows() {
         (503, "SWR.GATE.5030002")
     );
     assert_eq!(swr.received().len(), 1, "nothing unaudited reaches SWR");
-    assert!(readyz().contains("audit"), "{}", readyz());
+    assert!(readyz(admin).contains("audit"), "{}", readyz(admin));
 
     std::fs::remove_dir(&path).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while readyz() != "ready\n" {
-        assert!(std::time::Instant::now() < deadline, "{}", readyz());
+    while readyz(admin) != "ready\n" {
+        assert!(std::time::Instant::now() < deadline, "{}", readyz(admin));
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
@@ -333,8 +325,7 @@ fn a_full_disk_refuses_guarded_requests_or_forwards_them_as_configured() {
             )
         }
     };
-    let admin = free_port();
-    let admin_section = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let (admin, admin_section) = with_admin();
     let reject = Gateway::start_with(&swr.url(), &admin_section, full("reject"));
     let answer = reject.json("POST", CREATE, &grants(1));
     assert_eq!(
@@ -342,12 +333,8 @@ fn a_full_disk_refuses_guarded_requests_or_forwards_them_as_configured() {
         (503, "SWR.GATE.5030002")
     );
     assert!(swr.received().is_empty());
-    let ready = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
-        .output()
-        .unwrap();
     assert!(
-        String::from_utf8_lossy(&ready.stdout).contains("audit"),
+        readyz(admin).contains("audit"),
         "readyz names the audit log"
     );
 

@@ -48,11 +48,7 @@ fn the_printed_curl_and_sdk_examples_work_as_printed() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let ready = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
+    assert_eq!(common::readyz(admin), "ready\n");
     let _ = Command::new("kill")
         .args(["-TERM", &dev.id().to_string()])
         .status();

@@ -215,8 +215,7 @@ fn upstream_down_slow_and_resetting_give_contract_errors() {
 #[test]
 fn sigterm_lets_a_request_in_flight_finish_and_refuses_new_connections() {
     let swr = StandInSwr::start();
-    let admin = free_port();
-    let admin_section = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let (admin, admin_section) = with_admin();
     let mut gate = Gateway::start_with(&swr.url(), &admin_section, |_| {});
     swr.set(Behaviour::Slow(Duration::from_millis(1500)));
     std::thread::scope(|scope| {
@@ -228,14 +227,7 @@ fn sigterm_lets_a_request_in_flight_finish_and_refuses_new_connections() {
             std::net::TcpStream::connect(gate.addr).is_err(),
             "no new connection is accepted once SIGTERM came"
         );
-        let readyz = std::process::Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&readyz.stdout),
-            "not ready: shutting down\n"
-        );
+        assert_eq!(readyz(admin), "not ready: shutting down\n");
         assert_eq!(in_flight.join().unwrap().status, 201);
     });
     assert!(gate.stop().success(), "exit 0 after draining");

@@ -63,11 +63,6 @@ fn sample(
         .sum()
 }
 
-fn with_admin() -> (u16, String) {
-    let port = free_port();
-    (port, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"))
-}
-
 #[test]
 fn metrics_parse_and_count_the_traffic_sent() {
     let swr = StandInSwr::start();

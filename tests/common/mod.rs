@@ -371,6 +371,21 @@ async fn swr_answer(
     response
 }
 
+/// A free port for `[admin]`, and the config section that listens on it.
+pub fn with_admin() -> (u16, String) {
+    let port = free_port();
+    (port, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"))
+}
+
+/// The body of `GET /readyz` on the admin port.
+pub fn readyz(admin: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether process `pid` holds the socket that listens on `port` (Linux: the listening
 /// socket's inode in /proc/net/tcp among the process's descriptors).
 fn listens(pid: u32, port: u16) -> bool {
