@@ -2,7 +2,8 @@
 # Multi-stage: build with the Rust toolchain, run from a small distroless image as a
 # non-root user. Mount the config at /etc/swr-gate/gate.toml; the shipped policies are
 # at /etc/swr-gate/policies (mount your own over them).
-FROM rust:1.88-bookworm AS build
+# The toolchain is the crate's rust-version (Cargo.toml): older ones refuse to build it.
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
