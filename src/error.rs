@@ -259,6 +259,13 @@ impl GateError {
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.kind.status() == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §15.5.2: a 401 names the schemes that would be accepted.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"swr-gate\", SDK-HMAC-SHA256"),
+            );
+        }
         if let Some((limit, remaining)) = self.rate_limit {
             rate_limit_headers(headers, limit, remaining);
         }

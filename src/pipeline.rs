@@ -267,18 +267,25 @@ async fn authenticate(
     body: &mut RequestBody,
     guarded: bool,
 ) -> Result<Identity, GateError> {
-    let now = Instant::now();
-    if let Some(wait) = gate.auth_failures.blocked(exchange.client_ip, now) {
-        return Err(GateError::new(
+    let brake = || match gate
+        .auth_failures
+        .blocked(exchange.client_ip, Instant::now())
+    {
+        Some(wait) => Err(GateError::new(
             ErrorKind::TooManyAuthFailures,
             "too many failed authentications from this address",
         )
-        .with_retry_after(wait.as_secs().max(1)));
-    }
+        .with_retry_after(wait.as_secs().max(1))),
+        None => Ok(()),
+    };
+    brake()?;
     let bytes = match auth::signs_body(&parts.headers) {
         true => Some(body.read(snapshot, &parts.headers).await?),
         false => None,
     };
+    // Again: failures counted while the body came in must stop the signatures that were
+    // sent alongside them, or a guesser would send many at once.
+    brake()?;
     let host = parts
         .headers
         .get(http::header::HOST)
@@ -297,8 +304,9 @@ async fn authenticate(
     let result = snapshot
         .clients
         .authenticate(&presented, &gate.replay, SystemTime::now());
-    if result.is_err() {
-        gate.auth_failures.record_failure(exchange.client_ip, now);
+    if let Err(failure) = &result {
+        gate.auth_failures
+            .record(exchange.client_ip, failure, Instant::now());
     }
     result
 }

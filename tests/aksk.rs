@@ -13,11 +13,16 @@ const SK: &str = "gateway-issued-secret-key-for-tests-0001";
 const CREATE: &str = "/v2/manage/namespaces/team-a/repos/app/access";
 
 fn aksk_gateway(swr: &StandInSwr) -> Gateway {
+    aksk_gateway_with(swr, "[[clients]]")
+}
+
+/// The gateway with `before_clients` in place of the config's first `[[clients]]`.
+fn aksk_gateway_with(swr: &StandInSwr, before_clients: &str) -> Gateway {
     std::env::set_var("SWR_GATE_TEST_SK", SK);
     Gateway::start_with(
         &swr.url(),
         &format!("[[clients]]\nid = \"release-sdk\"\ngroups = [\"release\"]\naccess_key = \"{AK}\"\nsecret_key_env = \"SWR_GATE_TEST_SK\"\n"),
-        |_| {},
+        |c| *c = c.replacen("[[clients]]", before_clients, 1),
     )
 }
 
@@ -193,6 +198,18 @@ fn wrong_key_tampered_body_stale_date_replay_and_garbage_each_have_their_code() 
         (replayed.status, replayed.code().as_str()),
         (401, "SWR.GATE.4010005")
     );
+    // The signature's hex in upper case is the same signature, not a new one.
+    let mut shouted = fresh.clone();
+    let auth = shouted
+        .iter_mut()
+        .find(|(n, _)| n == "authorization")
+        .unwrap();
+    let (head, hex) = auth.1.rsplit_once('=').unwrap();
+    auth.1 = format!("{head}={}", hex.to_ascii_uppercase());
+    assert_eq!(
+        send(&gate, "POST", CREATE, &shouted, bytes).code(),
+        "SWR.GATE.4010005"
+    );
     assert_eq!(swr.received().len(), 1);
 
     gate.audit_records();
@@ -250,5 +267,75 @@ fn repeated_failures_from_one_address_are_braked() {
     );
     let wait: u64 = braked.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait));
+    assert!(swr.received().is_empty());
+}
+
+/// The SDK signs with a date in whole seconds, so a retry within the second is a
+/// replay: refused, but not a guess at a key that should lock the address out.
+#[test]
+fn replays_do_not_count_as_failed_guesses() {
+    let swr = StandInSwr::start();
+    let gate = aksk_gateway_with(&swr, "[auth]\nmax_failures = 1\n\n[[clients]]");
+    let body = grants(1);
+    let bytes = body.as_bytes();
+    let once = signed("POST", CREATE, bytes, SK, now());
+    assert_eq!(send(&gate, "POST", CREATE, &once, bytes).status, 201);
+    for _ in 0..3 {
+        assert_eq!(
+            send(&gate, "POST", CREATE, &once, bytes).code(),
+            "SWR.GATE.4010005"
+        );
+    }
+    let next = signed("POST", CREATE, bytes, SK, now() + 1);
+    assert_eq!(send(&gate, "POST", CREATE, &next, bytes).status, 201);
+    assert_eq!(swr.received().len(), 2);
+}
+
+/// Signatures whose bodies are still coming in when the address uses up its failures
+/// are braked too: sending many at once buys no extra guesses.
+#[test]
+fn guesses_sent_together_are_braked_as_their_bodies_arrive() {
+    use std::io::{Read, Write};
+    let swr = StandInSwr::start();
+    let gate = aksk_gateway_with(&swr, "[auth]\nmax_failures = 2\n\n[[clients]]");
+    let body = grants(1);
+    let mut pending: Vec<std::net::TcpStream> = (0..5)
+        .map(|_| {
+            let guess = signed("POST", CREATE, body.as_bytes(), "a-guess", now());
+            let headers: Vec<(&str, &str)> = guess
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let head = request_bytes("swr.local", "POST", CREATE, &headers, b"");
+            let head = String::from_utf8(head).unwrap().replace(
+                "content-length: 0",
+                &format!("content-length: {}", body.len()),
+            );
+            let mut stream = std::net::TcpStream::connect(gate.addr).unwrap();
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    // Every head is in before the first body.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let codes: Vec<String> = pending
+        .iter_mut()
+        .map(|stream| {
+            stream.write_all(body.as_bytes()).unwrap();
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).unwrap();
+            parse_answer(&raw).code()
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "SWR.GATE.4010003",
+            "SWR.GATE.4010003",
+            "SWR.GATE.4290002",
+            "SWR.GATE.4290002",
+            "SWR.GATE.4290002"
+        ]
+    );
     assert!(swr.received().is_empty());
 }

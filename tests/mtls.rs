@@ -30,6 +30,7 @@ fn setup(client_auth: &str) -> Setup {
     let clients = Pki::new(dir.path(), "client-ca");
     let swr = StandInSwr::start();
     let extra = "[[clients]]\nid = \"ops-admin\"\ngroups = [\"admins\"]\ntls_subject = \"CN=ops-admin\"\n\n\
+         [[clients]]\nid = \"boss\"\ngroups = [\"admins\"]\ntls_subject = \"O=Acme, CN=boss\"\n\n\
          [[clients]]\nid = \"ci-workload\"\ngroups = [\"ci\"]\ntls_san = \"spiffe://acme/ci\"\n";
     let tls = format!(
         "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"{client_auth}\"\n\n[upstream]\n",
@@ -213,6 +214,52 @@ fn unknown_certificates_and_missing_credentials_are_refused() {
         .1,
         401
     );
+    assert_eq!(setup.swr.received().len(), 1);
+}
+
+/// Names are compared as names, not as text: an attribute whose value spells out
+/// another subject, a trailing space, or the right string in the wrong kind of SAN
+/// is somebody else.
+#[test]
+fn look_alike_certificate_names_match_no_client() {
+    use rcgen::DnType::{CommonName, OrganizationName};
+    let setup = setup("optional");
+    let (boss_cert, boss_key) = setup.clients.issue_named(
+        "boss",
+        &[(OrganizationName, "Acme"), (CommonName, "boss")],
+        &[],
+    );
+    assert_eq!(
+        call(&setup, Some((&boss_cert, &boss_key)), &[], &[b"h2"])
+            .unwrap()
+            .1,
+        201
+    );
+    for (stem, subject, sans) in [
+        (
+            "one-attribute",
+            vec![(OrganizationName, "Acme,CN=boss")],
+            vec![],
+        ),
+        ("trailing-space", vec![(CommonName, "ops-admin ")], vec![]),
+        (
+            "email-san",
+            vec![(CommonName, "mallory")],
+            vec!["email:spiffe://acme/ci"],
+        ),
+        (
+            "dns-san",
+            vec![(CommonName, "mallory")],
+            vec!["dns:spiffe://acme/ci"],
+        ),
+    ] {
+        let (cert, key) = setup.clients.issue_named(stem, &subject, &sans);
+        assert_eq!(
+            call(&setup, Some((&cert, &key)), &[], &[b"h2"]).unwrap().1,
+            401,
+            "{stem}"
+        );
+    }
     assert_eq!(setup.swr.received().len(), 1);
 }
 

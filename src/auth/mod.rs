@@ -2,6 +2,7 @@
 //! client may present (API key, AK/SK signature, TLS client certificate). The result, an
 //! [`Identity`], travels with the request to rate limits, policy and audit.
 
+mod certificate;
 mod failures;
 mod replay;
 pub mod sdk_sign;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, Method};
 use serde::Serialize;
 
+pub use certificate::{PeerCertificate, San};
 pub use failures::FailureLimiter;
 pub use replay::ReplayGuard;
 
@@ -56,53 +58,6 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// What the TLS handshake proved about the peer: its verified certificate's names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerCertificate {
-    /// Attributes in certificate order, `,`-joined without spaces: `O=Acme,CN=ops-admin`.
-    pub subject: String,
-    /// DNS names, URIs (SPIFFE IDs), e-mail addresses and IP addresses.
-    pub sans: Vec<String>,
-}
-
-impl PeerCertificate {
-    pub fn from_der(der: &[u8]) -> Option<PeerCertificate> {
-        use x509_parser::extensions::GeneralName;
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let subject = normalize_subject(&cert.subject().to_string());
-        let mut sans = Vec::new();
-        if let Ok(Some(extension)) = cert.subject_alternative_name() {
-            for name in &extension.value.general_names {
-                match name {
-                    GeneralName::DNSName(v) | GeneralName::URI(v) | GeneralName::RFC822Name(v) => {
-                        sans.push(v.to_string())
-                    }
-                    GeneralName::IPAddress(bytes) => {
-                        let ip = match bytes.len() {
-                            4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
-                            16 => <[u8; 16]>::try_from(*bytes)
-                                .ok()
-                                .map(std::net::IpAddr::from),
-                            _ => None,
-                        };
-                        sans.extend(ip.map(|ip| ip.to_string()));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Some(PeerCertificate { subject, sans })
-    }
-}
-
-fn normalize_subject(subject: &str) -> String {
-    subject
-        .split(',')
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// What authentication reads of a request.
 pub struct Presented<'a> {
     pub method: &'a Method,
@@ -131,7 +86,7 @@ pub struct Clients {
     api_keys: Vec<([u8; 32], Arc<Client>)>,
     access_keys: HashMap<String, (Secret, Arc<Client>)>,
     tls_subjects: HashMap<String, Arc<Client>>,
-    tls_sans: HashMap<String, Arc<Client>>,
+    tls_sans: HashMap<San, Arc<Client>>,
     anonymous: Option<Arc<Client>>,
     known_ids: Vec<Arc<Client>>,
 }
@@ -188,21 +143,26 @@ impl Clients {
             }
             if let Some(subject) = &spec.tls_subject {
                 credentials += 1;
-                if clients
-                    .tls_subjects
-                    .insert(normalize_subject(subject), client.clone())
-                    .is_some()
-                {
-                    problems.push(format!(
-                        "[[clients]] {name:?}: another client has tls_subject {subject:?}"
-                    ));
+                match certificate::configured_subject(subject) {
+                    Ok(canonical) => {
+                        if clients
+                            .tls_subjects
+                            .insert(canonical, client.clone())
+                            .is_some()
+                        {
+                            problems.push(format!(
+                                "[[clients]] {name:?}: another client has tls_subject {subject:?}"
+                            ));
+                        }
+                    }
+                    Err(problem) => problems.push(format!("[[clients]] {name:?}: {problem}")),
                 }
             }
             if let Some(san) = &spec.tls_san {
                 credentials += 1;
                 if clients
                     .tls_sans
-                    .insert(san.clone(), client.clone())
+                    .insert(San::configured(san), client.clone())
                     .is_some()
                 {
                     problems.push(format!(
@@ -287,12 +247,16 @@ impl Clients {
     }
 
     fn by_certificate(&self, certificate: &PeerCertificate) -> Result<Identity, GateError> {
-        let client = self.tls_subjects.get(&certificate.subject).or_else(|| {
-            certificate
-                .sans
-                .iter()
-                .find_map(|san| self.tls_sans.get(san))
-        });
+        let client = certificate
+            .subject
+            .as_ref()
+            .and_then(|subject| self.tls_subjects.get(subject))
+            .or_else(|| {
+                certificate
+                    .sans
+                    .iter()
+                    .find_map(|san| self.tls_sans.get(san))
+            });
         client
             .map(|client| identity(client, AuthMethod::Mtls))
             .ok_or_else(|| {
@@ -300,7 +264,10 @@ impl Clients {
                     ErrorKind::UnknownCredential,
                     format!(
                         "the client certificate ({}) matches no configured client",
-                        certificate.subject
+                        certificate
+                            .subject
+                            .as_deref()
+                            .unwrap_or("a subject with a non-string attribute")
                     ),
                 )
             })
@@ -364,6 +331,8 @@ impl Clients {
             ));
         }
         replay.first_use(
+            &client.id,
+            self.access_keys.len(),
             &signature.signature,
             signed_at + SIGNATURE_WINDOW.as_secs(),
             now,
@@ -438,7 +407,10 @@ fn header_credential(headers: &HeaderMap) -> Result<Option<HeaderCredential<'_>>
             let unknown = || {
                 malformed("Authorization must be \"Bearer KEY\" or an SDK-HMAC-SHA256 signature")
             };
-            let space = value.iter().position(|b| *b == b' ').ok_or_else(unknown)?;
+            let space = value
+                .iter()
+                .position(|b| matches!(b, b' ' | b'\t'))
+                .ok_or_else(unknown)?;
             let (scheme, rest) = value.split_at(space);
             if scheme == sdk_sign::ALGORITHM.as_bytes() {
                 let text = std::str::from_utf8(value).map_err(|_| unknown())?;

@@ -20,7 +20,7 @@ use std::fmt;
 
 use ring::hmac;
 
-use crate::crypto::{hex, parse_hex, sha256};
+use crate::crypto::{hex, parse_hex32, sha256};
 
 /// The only algorithm accepted in `Authorization`.
 pub const ALGORITHM: &str = "SDK-HMAC-SHA256";
@@ -55,7 +55,8 @@ impl std::error::Error for SignError {}
 pub struct SdkAuthorization {
     pub access_key: String,
     pub signed_headers: Vec<String>,
-    pub signature: String,
+    /// Decoded: `ab…` and `AB…` are one signature, so a replay cannot pass as new by case.
+    pub signature: [u8; 32],
 }
 
 /// Parse `SDK-HMAC-SHA256 Access=..., SignedHeaders=..., Signature=...`.
@@ -92,15 +93,14 @@ pub fn parse_authorization(value: &str) -> Result<SdkAuthorization, SignError> {
     if access_key.is_empty() || access_key.trim() != access_key {
         return Err(SignError::Malformed("empty or padded Access"));
     }
-    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(SignError::Malformed("Signature is not 64 hex digits"));
-    }
+    let signature =
+        parse_hex32(signature).ok_or(SignError::Malformed("Signature is not 64 hex digits"))?;
     let signed_headers: Vec<String> = signed.split(';').map(str::to_owned).collect();
     check_signed_headers(&signed_headers)?;
     Ok(SdkAuthorization {
         access_key: access_key.to_owned(),
         signed_headers,
-        signature: signature.to_owned(),
+        signature,
     })
 }
 
@@ -181,11 +181,9 @@ pub fn verify(
     if !auth.signed_headers.iter().any(|h| h == DATE_HEADER) {
         return Err(SignError::Malformed("x-sdk-date is not signed"));
     }
-    let expected =
-        parse_hex(&auth.signature).ok_or(SignError::Malformed("Signature is not hex"))?;
     let (date, to_sign) = signing_input(req, &auth.signed_headers)?;
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret_key);
-    hmac::verify(&key, to_sign.as_bytes(), &expected).map_err(|_| SignError::BadSignature)?;
+    hmac::verify(&key, to_sign.as_bytes(), &auth.signature).map_err(|_| SignError::BadSignature)?;
     Ok(date.to_owned())
 }
 
@@ -434,6 +432,7 @@ mod tests {
     //! (`quote(v, safe='')`) and the wire query taken from `Signer.process_request_uri`.
 
     use super::*;
+    use crate::crypto::parse_hex;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
     const AK: &str = "HPUAEXAMPLEAK0000001";
@@ -738,7 +737,7 @@ mod tests {
         let want = SdkAuthorization {
             access_key: "AccessKey".into(),
             signed_headers: names("host;x-sdk-date"),
-            signature: sig.into(),
+            signature: parse_hex32(sig).unwrap(),
         };
         for value in [
             format!(
@@ -971,7 +970,7 @@ mod tests {
                 let auth = SdkAuthorization {
                     access_key: input.to_owned(),
                     signed_headers: signed,
-                    signature: input.to_owned(),
+                    signature: [0; 32],
                 };
                 let _ = verify(input.as_bytes(), &r, &auth);
             }

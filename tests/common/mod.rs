@@ -818,15 +818,51 @@ impl Pki {
 
     /// A certificate for `common_name` with the given SANs; returns (cert, key) paths.
     pub fn issue(&self, common_name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        self.issue_named(
+            common_name,
+            &[(rcgen::DnType::CommonName, common_name)],
+            sans,
+        )
+    }
+
+    /// A certificate with `subject` (attributes in order) and SANs, each of the kind its
+    /// shape says (`spiffe://…` a URI, `a@b` an e-mail address, an IP, else a DNS name)
+    /// or its prefix (`email:`, `dns:`), saved as `FILE_STEM.crt`/`.key`.
+    pub fn issue_named(
+        &self,
+        file_stem: &str,
+        subject: &[(rcgen::DnType, &str)],
+        sans: &[&str],
+    ) -> (PathBuf, PathBuf) {
+        use rcgen::SanType;
         let key = rcgen::KeyPair::generate().unwrap();
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(sans).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| {
+                let text = || san.to_string().try_into().unwrap();
+                if let Some(email) = san.strip_prefix("email:") {
+                    SanType::Rfc822Name(email.to_string().try_into().unwrap())
+                } else if let Some(dns) = san.strip_prefix("dns:") {
+                    SanType::DnsName(dns.to_string().try_into().unwrap())
+                } else if let Ok(ip) = san.parse() {
+                    SanType::IpAddress(ip)
+                } else if san.contains("://") {
+                    SanType::URI(text())
+                } else if san.contains('@') {
+                    SanType::Rfc822Name(text())
+                } else {
+                    SanType::DnsName(text())
+                }
+            })
+            .collect();
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let cert_path = self.dir.join(format!("{common_name}.crt"));
-        let key_path = self.dir.join(format!("{common_name}.key"));
+        let cert_path = self.dir.join(format!("{file_stem}.crt"));
+        let key_path = self.dir.join(format!("{file_stem}.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         (cert_path, key_path)
