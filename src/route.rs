@@ -308,7 +308,7 @@ impl RouteTable {
         query: Option<&str>,
     ) -> Result<Resolved, GateError> {
         let decoded = decode_path(path)?;
-        let mut on_guarded_path = false;
+        let mut guarded_path_of = None;
         for (index, route) in self.routes.iter().enumerate() {
             // Whatever the method: a guarded path with a '/' in a name is ambiguous for
             // every operation SWR has on it, not only the guarded one.
@@ -326,7 +326,7 @@ impl RouteTable {
             }
             // A server may read methods case-insensitively: `patch` is the guarded PATCH.
             if !route.method.as_str().eq_ignore_ascii_case(method.as_str()) {
-                on_guarded_path = true;
+                guarded_path_of.get_or_insert(index);
                 continue;
             }
             let mut target = route.target(&decoded.segments);
@@ -344,16 +344,27 @@ impl RouteTable {
                 upstream_path,
             });
         }
-        if on_guarded_path && !self.sibling_methods.contains(method) {
-            return Err(self.method_refused(method, &decoded.segments));
-        }
-        if decoded.has_encoded_separator {
-            return Err(GateError::new(
-                ErrorKind::PathRejected,
-                "encoded '/' is only accepted inside a guarded operation's repository name",
-            ));
-        }
-        let mut path_and_query = path.to_owned();
+        let mut path_and_query = match guarded_path_of {
+            Some(_) if !self.sibling_methods.contains(method) => {
+                return Err(self.method_refused(method, &decoded.segments));
+            }
+            // SWR's own show and delete on a guarded path: unmatched, but sent with the
+            // names checked and spelled as for the guarded operation (`group$app`, also
+            // when the SDK sent `group%2Fapp`).
+            Some(index) => {
+                let route = &self.routes[index];
+                let mut target = route.target(&decoded.segments);
+                target.validate()?;
+                route.upstream_path(&target)
+            }
+            None if decoded.has_encoded_separator => {
+                return Err(GateError::new(
+                    ErrorKind::PathRejected,
+                    "encoded '/' is only accepted inside a repository name on a guarded path",
+                ));
+            }
+            None => path.to_owned(),
+        };
         if let Some(query) = query {
             check_query(query)?;
             path_and_query.push('?');
@@ -727,6 +738,26 @@ mod tests {
             resolve("GET", "/v2/manage/repos").unwrap(),
             Resolved::Unmatched { .. }
         ));
+    }
+
+    #[test]
+    fn siblings_go_to_swr_with_the_names_spelled_canonically() {
+        for path in [
+            "/v2/manage/namespaces/ns/repositories/group%2Fapp/access-domains/d",
+            "/v2/manage/namespaces/ns/repositories/group%24app/access-domains/d/",
+            "/v2/manage/namespaces/ns/repositories/group$app/access-domains/d",
+        ] {
+            assert_eq!(
+                resolve("DELETE", path).unwrap(),
+                Resolved::Unmatched {
+                    path_and_query:
+                        "/v2/manage/namespaces/ns/repositories/group$app/access-domains/d".into()
+                },
+                "{path}"
+            );
+        }
+        let bad_name = resolve("GET", "/v2/manage/namespaces/NS/repos/app/access");
+        assert_eq!(bad_name.unwrap_err().kind, ErrorKind::PathRejected);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The official Huawei Cloud Python SDK (`huaweicloudsdkswr`), pointed at swr-gate with
-//! gateway-issued AK/SK, works as it does against SWR; forged, stale and replayed
-//! requests get 401 and SWR receives nothing of them.
+//! gateway-issued AK/SK, works as it does against SWR (the guarded operations and SWR's
+//! own show and delete beside them); forged, stale and replayed requests get 401 and
+//! SWR receives nothing of them.
 
 mod common;
 
@@ -19,7 +20,7 @@ fn the_official_python_sdk_works_through_the_gateway_and_forgeries_do_not() {
     let gate = Gateway::start_with(
         &swr.url(),
         &format!("[[clients]]\nid = \"sdk-user\"\ngroups = [\"release\"]\naccess_key = \"{AK}\"\nsecret_key_env = \"SWR_GATE_TEST_SDK_SK\"\n"),
-        |_| {},
+        forward_unmatched,
     );
     let output = Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/swr_sdk_client.py"))
@@ -55,6 +56,8 @@ fn the_official_python_sdk_works_through_the_gateway_and_forgeries_do_not() {
         "create_user_repository_auth",
         "update_user_repository_auth",
         "update_repo_domains",
+        "show_user_repository_auth",
+        "delete_repo_domains",
     ] {
         assert_eq!(outcome(call), (201, String::new()), "{call}: {stdout}");
     }
@@ -91,6 +94,11 @@ fn the_official_python_sdk_works_through_the_gateway_and_forgeries_do_not() {
             ),
             (
                 "PATCH",
+                "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner"
+            ),
+            ("GET", "/v2/manage/namespaces/team-a/repos/group$app/access"),
+            (
+                "DELETE",
                 "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner"
             ),
         ]

@@ -16,6 +16,8 @@ from huaweicloudsdkcore.exceptions import exceptions
 import huaweicloudsdkcore.signer.signer as signer
 from huaweicloudsdkswr.v2 import (
     CreateUserRepositoryAuthRequest,
+    DeleteRepoDomainsRequest,
+    ShowUserRepositoryAuthRequest,
     SwrClient,
     UpdateRepoDomainsRequest,
     UpdateRepoDomainsRequestBody,
@@ -62,6 +64,12 @@ report("update_repo_domains", lambda: good.update_repo_domains(
     UpdateRepoDomainsRequest(namespace="team-a", repository="group$app", access_domain="partner",
                              body=UpdateRepoDomainsRequestBody(permit="read", deadline="forever",
                                                                description="shared by the SDK test"))))
+# SWR's own show and delete on the guarded paths, forwarded unvalidated; the SDK sends a
+# nested repository name as group%2Fapp.
+report("show_user_repository_auth", lambda: good.show_user_repository_auth(
+    ShowUserRepositoryAuthRequest(namespace="team-a", repository="group/app")))
+report("delete_repo_domains", lambda: good.delete_repo_domains(
+    DeleteRepoDomainsRequest(namespace="team-a", repository="group/app", access_domain="partner")))
 
 # A schema violation comes back as a ClientRequestException with swr-gate's code.
 report("invalid_auth_value", lambda: good.create_user_repository_auth(
