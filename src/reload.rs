@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use crate::config::Config;
+use crate::config::{Config, IamMethod};
 use crate::pipeline::Gate;
 use crate::snapshot::Snapshot;
 
@@ -21,7 +21,7 @@ pub struct Reloader {
     seen: Mutex<Option<Stamp>>,
 }
 
-type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+type Stamp = Vec<(PathBuf, Option<(Option<SystemTime>, u64)>)>;
 
 impl Reloader {
     pub fn new(config_path: &Path) -> Reloader {
@@ -59,29 +59,47 @@ impl Reloader {
         result
     }
 
-    /// Reload whenever the config file or a file under the policy directory changes.
+    /// Reload whenever the config file or a file the policy directory's loading reads
+    /// changes, once the files have held still for a poll: a file caught mid-write (an
+    /// editor truncating it, then writing) is not loaded half-written.
     pub async fn watch_files(self: Arc<Self>, gate: Weak<Gate>) {
         if let Some(gate) = gate.upgrade() {
             *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.stamp(&gate));
         }
+        let mut changing = None;
         loop {
             tokio::time::sleep(POLL).await;
             let Some(gate) = gate.upgrade() else { return };
             let now = self.stamp(&gate);
-            let changed =
-                self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_ref() != Some(&now);
-            if changed {
+            if self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&now) {
+                changing = None;
+            } else if changing.as_ref() == Some(&now) {
+                changing = None;
                 let _ = self.reload(&gate);
+            } else {
+                changing = Some(now);
             }
         }
     }
 
+    /// What loading reads, and no more: the config file, the policy directory's own
+    /// entries (`routes.toml`, `*.cedar`, `swr.cedarschema`) and the schema files its
+    /// routes name. Never a walk of the tree, which a symlink loop would make endless.
     fn stamp(&self, gate: &Gate) -> Stamp {
-        let policy_dir = {
-            let snapshot = gate.snapshot.load();
-            snapshot.config.resolve(&snapshot.config.policy.dir)
-        };
-        stamp(&[self.config_path.clone(), policy_dir])
+        let snapshot = gate.snapshot.load();
+        let policy_dir = snapshot.config.resolve(&snapshot.config.policy.dir);
+        let mut paths = vec![self.config_path.clone(), policy_dir.clone()];
+        if let Ok(entries) = std::fs::read_dir(&policy_dir) {
+            paths.extend(entries.flatten().map(|entry| entry.path()));
+        }
+        paths.extend(
+            snapshot
+                .routes
+                .routes()
+                .iter()
+                .map(|route| policy_dir.join(&route.schema)),
+        );
+        stamp(paths)
     }
 }
 
@@ -100,27 +118,37 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if format!("{:?}", old.audit) != format!("{:?}", new.audit) {
         changed.push("[audit]");
     }
-    if format!("{:?}", old.auth) != format!("{:?}", new.auth) {
-        changed.push("[auth]");
+    // IAM is called with the `[upstream]` timeouts and trust it started with; SWR gets
+    // the new ones at once.
+    let for_iam = |c: &Config| {
+        let u = &c.upstream;
+        (u.ca_file.clone(), u.connect_timeout, u.timeout)
+    };
+    if for_iam(old) != for_iam(new)
+        && !matches!(new.iam.method, IamMethod::TokenEnv | IamMethod::TokenFile)
+    {
+        changed.push("[upstream] ca_file, connect_timeout and timeout, for calls to IAM");
+    }
+    // `allow_anonymous` is read per request; only the brake's settings are kept.
+    let brake = |c: &Config| (c.auth.max_failures, c.auth.failure_window);
+    if brake(old) != brake(new) {
+        changed.push("[auth] max_failures and failure_window");
     }
     changed
 }
 
-/// Modification time and size of every file under `roots`, in a stable order.
-fn stamp(roots: &[PathBuf]) -> Stamp {
-    let mut files = Vec::new();
-    let mut pending: Vec<PathBuf> = roots.to_vec();
-    while let Some(path) = pending.pop() {
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => {
-                if let Ok(entries) = std::fs::read_dir(&path) {
-                    pending.extend(entries.flatten().map(|e| e.path()));
-                }
-            }
-            Ok(meta) => files.push((path, meta.modified().ok().map(|m| (m, meta.len())))),
-            Err(_) => files.push((path, None)),
-        }
-    }
-    files.sort();
-    files
+/// Modification time and size of each path (through symlinks, as loading reads them:
+/// a Kubernetes ConfigMap's `..data` swap shows), in a stable order.
+fn stamp(mut paths: Vec<PathBuf>) -> Stamp {
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .map(|path| {
+            let seen = std::fs::metadata(&path)
+                .ok()
+                .map(|meta| (meta.modified().ok(), meta.len()));
+            (path, seen)
+        })
+        .collect()
 }

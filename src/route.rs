@@ -59,6 +59,15 @@ pub struct RouteSpec {
     pub schema: Option<PathBuf>,
 }
 
+/// The operations the product exists to guard (contract §1): a route table without any of
+/// them is refused, so that an emptied `routes.toml` cannot turn them into unmatched
+/// requests.
+pub const ALWAYS_GUARDED: [&str; 3] = [
+    "create_user_repository_auth",
+    "update_user_repository_auth",
+    "update_repo_domains",
+];
+
 /// The route file: `sibling_methods` and `[[route]]` entries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

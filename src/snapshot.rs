@@ -14,7 +14,7 @@ use crate::auth::Clients;
 use crate::config::{ClientAuth, Config, ServerTls};
 use crate::policy::{Known, Policies};
 use crate::ratelimit::RateLimits;
-use crate::route::{parse_sibling_method, Route, RouteFile, RouteTable};
+use crate::route::{parse_sibling_method, Route, RouteFile, RouteTable, ALWAYS_GUARDED};
 use crate::schema::Schema;
 use crate::upstream::Upstream;
 
@@ -160,6 +160,14 @@ fn load_routes(policy_dir: &Path) -> Result<RouteTable, String> {
         match parse_sibling_method(name) {
             Ok(method) => sibling_methods.push(method),
             Err(error) => problems.push(format!("{}: {error}", path.display())),
+        }
+    }
+    for operation in ALWAYS_GUARDED {
+        if !routes.iter().any(|r| r.operation == operation) {
+            problems.push(format!(
+                "{}: no route for {operation}, one of the three operations swr-gate always guards (an emptied or half-written file?)",
+                path.display()
+            ));
         }
     }
     for (i, route) in routes.iter().enumerate() {

@@ -121,6 +121,10 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
         output.contains("routes.toml") && output.contains("{nope}"),
         "{output}"
     );
+    assert!(
+        output.contains("no route for update_repo_domains"),
+        "the three guarded operations cannot be dropped: {output}"
+    );
 }
 
 #[test]

@@ -16,6 +16,15 @@ fn get(url: &str) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+/// `swr_gate_config_reloads_total{result}` on the admin port.
+fn reloads(admin: u16, result: &str) -> f64 {
+    let line = format!("swr_gate_config_reloads_total{{result=\"{result}\"}} ");
+    let text = get(&format!("http://127.0.0.1:{admin}/metrics"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 /// `(name, labels, value)` of every sample, as the official Python client parses them.
 fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
     let script = r#"
@@ -149,13 +158,7 @@ fn twenty_reloads_under_load_half_broken_fail_no_request() {
     let original = std::fs::read_to_string(&config_path).unwrap();
     let stop = AtomicBool::new(false);
     let (sent, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let reloads = |result: &str| {
-        let line = format!("swr_gate_config_reloads_total{{result=\"{result}\"}} ");
-        let text = get(&format!("http://127.0.0.1:{admin}/metrics"));
-        text.lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    };
+    let reloads = |result: &str| reloads(admin, result);
     std::thread::scope(|scope| {
         // Stops the load however the reloading below ends, a failed assertion included.
         struct StopOnDrop<'a>(&'a AtomicBool);
@@ -236,4 +239,55 @@ fn twenty_reloads_under_load_half_broken_fail_no_request() {
     );
     assert!(reloads("error") >= 10.0);
     assert!(reloads("ok") >= 10.0);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The watcher reads what loading reads, never a walk of the tree: a symlink loop in
+/// the policy directory leaves the gateway answering and stoppable. An emptied
+/// `routes.toml` is refused, and the guarded operations stay guarded.
+#[test]
+fn a_symlink_loop_or_an_emptied_routes_file_changes_nothing() {
+    let swr = StandInSwr::start();
+    let (admin, section) = with_admin();
+    let policies = tempfile::tempdir().unwrap();
+    copy_dir(&allow_all_policy_dir(), policies.path());
+    let dir = policies.path().display().to_string();
+    let mut gate = Gateway::start_with(&swr.url(), &section, |c| {
+        forward_unmatched(c);
+        *c = c.replace(&allow_all_policy_dir().display().to_string(), &dir);
+    });
+    std::os::unix::fs::symlink(".", policies.path().join("loop1")).unwrap();
+    std::os::unix::fs::symlink(".", policies.path().join("loop2")).unwrap();
+    std::fs::write(policies.path().join("routes.toml"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads(admin, "error") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the emptied routes.toml was not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gate.log()
+            .contains("no route for create_user_repository_auth"),
+        "{}",
+        gate.log()
+    );
+    assert_eq!(readyz(admin), "ready\n");
+    let invalid = gate.json("POST", CREATE, r#"[{"user_id":"x","auth":"7"}]"#);
+    assert_eq!(invalid.status, 400, "still validated: {}", invalid.json());
+    assert!(swr.received().is_empty());
+    assert!(gate.stop().success(), "SIGTERM still stops it");
 }
