@@ -76,12 +76,7 @@ where
     B: Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large = || {
-        GateError::new(
-            ErrorKind::BodyTooLarge,
-            format!("request body is larger than {max_bytes} bytes"),
-        )
-    };
+    let too_large = || too_large(max_bytes);
     if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -102,6 +97,14 @@ where
             "the request body ended before it was complete",
         )),
     }
+}
+
+/// The refusal of a body over `max_bytes` (`[server] max_body_bytes`).
+pub fn too_large(max_bytes: usize) -> GateError {
+    GateError::new(
+        ErrorKind::BodyTooLarge,
+        format!("request body is larger than {max_bytes} bytes"),
+    )
 }
 
 /// Parse a body strictly into a JSON value; see the module doc for why.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, IamMethod};
 use crate::snapshot::Snapshot;
 
 /// What `check` found. Only problems stop the gateway; warnings are things that load
@@ -29,6 +29,18 @@ pub fn check(config_path: &Path) -> Report {
     let audit = crate::audit::check(&config)
         .err()
         .map(|problem| config.locate(problem));
+    // Not a problem: `serve` starts without it and says so on /readyz, and `check` may
+    // run where the secret is not. But it is rarely what was meant.
+    let token = match (&config.iam.method, &config.iam.token_env) {
+        (IamMethod::TokenEnv, Some(variable))
+            if std::env::var(variable).map_or(true, |v| v.trim().is_empty()) =>
+        {
+            Some(config.locate(format!(
+                "[iam] token_env: the environment variable {variable} is not set or empty here; serve would start but answer 503 SWR.GATE.5030001 (the variable is read at start)"
+            )))
+        }
+        _ => None,
+    };
     let mut report = match Snapshot::load(config, None) {
         Ok(snapshot) => Report {
             problems: Vec::new(),
@@ -41,5 +53,6 @@ pub fn check(config_path: &Path) -> Report {
     };
     report.problems.extend(password);
     report.problems.extend(audit);
+    report.warnings.extend(token);
     report
 }

@@ -394,6 +394,18 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             problems.push("[server] max_body_bytes must be at least 1".into());
         }
+        // A zero limit would cut off every client that sends in two writes.
+        for (setting, limit) in [
+            ("[server] header_timeout", self.server.header_timeout),
+            ("[server] request_timeout", self.server.request_timeout),
+            ("[upstream] connect_timeout", self.upstream.connect_timeout),
+            ("[upstream] timeout", self.upstream.timeout),
+            ("[auth] failure_window", self.auth.failure_window),
+        ] {
+            if limit.is_zero() {
+                problems.push(format!("{setting} must be longer than 0s"));
+            }
+        }
         match self.iam.method {
             IamMethod::TokenEnv if self.iam.token_env.is_none() => {
                 problems.push("[iam] method = \"token_env\" needs token_env = \"VARIABLE\"".into())
@@ -413,6 +425,12 @@ impl Config {
         for client in &self.clients {
             if !ids.insert(client.id.as_str()) {
                 problems.push(format!("[[clients]] id {:?} appears twice", client.id));
+            }
+            if client.id.is_empty() || client.id.chars().any(char::is_control) {
+                problems.push(format!(
+                    "[[clients]] id {:?} must be a name: not empty, no control characters",
+                    client.id
+                ));
             }
             if client.id == "anonymous" {
                 problems.push(

@@ -136,6 +136,10 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
         Some(route) => {
             let document = match &trial.body {
                 Some(Body::Document(value)) => Ok(value.clone()),
+                // As `serve` reads it: past `max_body_bytes` it is never parsed.
+                Some(Body::Raw(bytes)) if bytes.len() > config.server.max_body_bytes => {
+                    Err(body::too_large(config.server.max_body_bytes))
+                }
                 Some(Body::Raw(bytes)) => body::parse_strict(bytes),
                 None => body::parse_strict(b""),
             };

@@ -3,6 +3,19 @@
 
 use crate::crypto::{hex, random_bytes, sha256};
 
+/// A client id that goes into the printed TOML as it is: nothing that could end the
+/// string or the line and write other settings (`a"\ngroups = ["admins"]`).
+pub fn client_id(text: &str) -> Result<String, String> {
+    let fits = (1..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    match fits {
+        true => Ok(text.to_owned()),
+        false => Err("1 to 64 letters, digits, '.', '_', '-' or '@'".into()),
+    }
+}
+
 /// A new API key and the `[[clients]]` lines that accept it.
 pub fn api_key(client: &str) -> String {
     let key = format!("swrg_{}", hex(&random_bytes::<24>()));
@@ -64,6 +77,23 @@ fn random_text<const N: usize>(alphabet: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_cannot_write_other_settings() {
+        assert_eq!(
+            client_id("ci-bot@team-a.v2_x").as_deref(),
+            Ok("ci-bot@team-a.v2_x")
+        );
+        for bad in [
+            "",
+            "a\"\ngroups = [\"admins\"]\n#",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(client_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_printed_config_is_valid_toml_with_the_hash_of_the_printed_key() {

@@ -85,11 +85,12 @@ enum AuditAction {
     Query {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Records at or after this time (RFC 3339, e.g. 2026-11-23T18:00:00Z).
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        /// Records at or after this time (RFC 3339, e.g. 2026-11-23T18:00:00Z or with an
+        /// offset, 2026-11-24T02:00:00+08:00).
+        #[arg(long, value_parser = swr_gate::audit::review::parse_time)]
         since: Option<std::time::SystemTime>,
         /// Records before this time.
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        #[arg(long, value_parser = swr_gate::audit::review::parse_time)]
         until: Option<std::time::SystemTime>,
         #[arg(long)]
         client: Option<String>,
@@ -129,14 +130,14 @@ enum PolicyCommand {
 enum KeyKind {
     /// An API key, sent as `Authorization: Bearer KEY` or `X-Api-Key: KEY`.
     ApiKey {
-        /// The client id the config lines are for.
-        #[arg(long, default_value = "new-client")]
+        /// The client id the config lines are for: letters, digits, `.`, `_`, `-`, `@`.
+        #[arg(long, default_value = "new-client", value_parser = swr_gate::keygen::client_id)]
         client: String,
     },
     /// An access key / secret key pair for the official SDKs' request signing.
     Aksk {
-        /// The client id the config lines are for.
-        #[arg(long, default_value = "new-client")]
+        /// The client id the config lines are for: letters, digits, `.`, `_`, `-`, `@`.
+        #[arg(long, default_value = "new-client", value_parser = swr_gate::keygen::client_id)]
         client: String,
     },
 }

@@ -49,10 +49,22 @@ impl Schema {
             .map(|error| Detail {
                 pointer: error.instance_path.to_string(),
                 reason: keyword(&error.schema_path),
-                message: error.to_string(),
+                message: message(&error),
                 policy: None,
             })
             .collect()
+    }
+}
+
+/// The violation in words. A message quotes the offending value (`2 is not one of
+/// [1,3,7]`); a long value (a whole grant list) is named `value` instead, so an answer or
+/// audit record does not echo the body back.
+fn message(error: &jsonschema::ValidationError) -> String {
+    const QUOTED_UP_TO: usize = 200;
+    let message = error.to_string();
+    match message.len() <= QUOTED_UP_TO {
+        true => message,
+        false => error.masked().to_string(),
     }
 }
 
@@ -191,6 +203,19 @@ mod tests {
             pointers.contains(&("/1", "additionalProperties")),
             "{pointers:?}"
         );
+    }
+
+    #[test]
+    fn a_long_offending_value_is_named_not_echoed() {
+        let grants = schema("create_user_repository_auth");
+        let many: Vec<_> = (0..51)
+            .map(|i| json!({"user_id": format!("{i:032x}"), "user_name": "u", "auth": 1}))
+            .collect();
+        let details = grants.validate(&Value::Array(many));
+        assert_eq!(details[0].reason, "maxItems");
+        assert!(details[0].message.len() < 200, "{}", details[0].message);
+        let short = grants.validate(&json!([{"user_id": USER, "user_name": "u", "auth": 2}]));
+        assert!(short[0].message.starts_with('2'), "{}", short[0].message);
     }
 
     #[test]

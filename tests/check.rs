@@ -176,7 +176,9 @@ fn an_audit_trail_serve_could_not_open_is_reported() {
 fn a_value_that_parses_but_is_wrong_is_placed_by_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let text = common::config("127.0.0.1:1".parse().unwrap(), "ftp://127.0.0.1:2", "");
-    let text = text.replacen("api_key_sha256 = \"", "api_key_sha256 = \"zz", 1);
+    let text = text
+        .replacen("api_key_sha256 = \"", "api_key_sha256 = \"zz", 1)
+        .replacen("header_timeout = \"2s\"", "header_timeout = \"0s\"", 1);
     let path = dir.path().join("gate.toml");
     std::fs::write(&path, &text).unwrap();
     let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
@@ -185,6 +187,7 @@ fn a_value_that_parses_but_is_wrong_is_placed_by_file_and_line() {
     for (problem, needle) in [
         ("[upstream] url", "ftp://"),
         ("api_key_sha256 must be", "\"zz"),
+        ("header_timeout must be longer than 0s", "header_timeout"),
     ] {
         let placed = format!("{}:{}: ", path.display(), line_of(needle));
         assert!(

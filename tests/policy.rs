@@ -491,6 +491,26 @@ fn eval_prints_the_whole_decision_and_exits_by_it() {
     assert!(output.contains("schema    2 violation(s)"), "{output}");
     assert!(output.contains("/0/auth"), "{output}");
 
+    // A valid body past max_body_bytes is refused as serve refuses it.
+    let padded = format!("{}{}", " ".repeat(70_000), grants(1));
+    std::fs::write(&body, padded).unwrap();
+    let (code, output) = policy_command(
+        &[
+            "eval",
+            "--client",
+            "ci-bot",
+            "--method",
+            "POST",
+            "--path",
+            CREATE,
+            "--body",
+            body.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("SWR.GATE.4130001"), "{output}");
+
     let (code, output) = policy_command(
         &[
             "eval", "--client", "ghost", "--method", "GET", "--path", "/v2/x",

@@ -90,6 +90,25 @@ pub fn verify(files: &[PathBuf], chain: &Chain) -> Result<Verified, Broken> {
     Ok(verified)
 }
 
+/// A `--since`/`--until` time: RFC 3339 in UTC (`2026-11-23T18:00:00Z`, fractions
+/// allowed, `T` or a space) or with an offset (`2026-11-24T02:00:00+08:00`).
+pub fn parse_time(text: &str) -> Result<SystemTime, String> {
+    let offset = || {
+        let seconds = crate::policy::parse_rfc3339(text)?;
+        let magnitude = std::time::Duration::from_secs(seconds.unsigned_abs());
+        match seconds >= 0 {
+            true => SystemTime::UNIX_EPOCH.checked_add(magnitude),
+            false => SystemTime::UNIX_EPOCH.checked_sub(magnitude),
+        }
+    };
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .or_else(offset)
+        .ok_or_else(|| {
+            "not an RFC 3339 time such as 2026-11-23T18:00:00Z or 2026-11-24T02:00:00+08:00".into()
+        })
+}
+
 /// What `audit query` keeps.
 #[derive(Debug, Default)]
 pub struct Filter {
@@ -203,4 +222,18 @@ fn text_line(record: &Value) -> String {
         target,
         why
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_read_in_utc_or_with_an_offset() {
+        let utc = parse_time("2026-11-23T18:00:00Z").unwrap();
+        assert_eq!(parse_time("2026-11-24T02:00:00+08:00"), Ok(utc));
+        assert_eq!(parse_time("2026-11-23 18:00:00"), Ok(utc));
+        assert!(parse_time("2026-11-23T18:00:00.5Z").unwrap() > utc);
+        assert!(parse_time("yesterday").is_err());
+    }
 }
