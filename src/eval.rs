@@ -83,7 +83,8 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
 
     let (action, route, target) = match &trial.asked {
         Asked::Path { method, path } => {
-            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            // As sent, like serve reads it: a lowercase `get` on a guarded path is not GET.
+            let method = Method::from_bytes(method.as_bytes())
                 .map_err(|_| format!("{method:?} is not an HTTP method"))?;
             let (path, query) = match path.split_once('?') {
                 Some((path, query)) => (path, Some(query)),
@@ -126,7 +127,13 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
                 .iter()
                 .position(|r| &r.operation == operation)
                 .ok_or_else(|| format!("routes.toml has no operation {operation:?}"))?;
-            (operation.clone(), Some(route), target.clone())
+            // The names SWR's rules allow, as serve checks them in the path.
+            let mut target = target.clone();
+            if let Err(error) = target.validate() {
+                let _ = writeln!(report, "route     {operation}: names refused");
+                return refused(report, error);
+            }
+            (operation.clone(), Some(route), target)
         }
     };
     let _ = writeln!(report, "route     {action}{}", names(&target));
@@ -393,7 +400,7 @@ pub fn eval(args: &EvalArgs) -> Result<(String, bool), String> {
             (None, true) => AuthMethod::Anonymous,
             (None, false) => AuthMethod::ApiKey,
         },
-        client_ip: args.client_ip,
+        client_ip: args.client_ip.to_canonical(),
         asked: Asked::Path {
             method: args.method.clone(),
             path: args.path.clone(),
@@ -593,7 +600,9 @@ fn trial_of(config: &Config, file_now: Option<&str>, case: &Case) -> Result<Tria
         client: case.client.clone(),
         groups,
         auth_method,
-        client_ip: case.client_ip.unwrap_or_else(|| [127, 0, 0, 1].into()),
+        client_ip: case
+            .client_ip
+            .map_or([127, 0, 0, 1].into(), |ip| ip.to_canonical()),
         asked,
         body,
         now,

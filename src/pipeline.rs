@@ -764,7 +764,10 @@ fn request_id(headers: &HeaderMap) -> String {
 
 /// The peer, unless the peer is a trusted proxy: then the nearest X-Forwarded-For entry
 /// that is not itself a trusted proxy. An untrusted client's header is never believed.
+/// IPv4 clients of a dual-stack listener (`::ffff:10.0.0.7`) are IPv4 addresses here, as
+/// policies, `trusted_proxies` and per-address limits write them.
 fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -775,8 +778,8 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
             return peer;
         };
         for entry in value.split(',') {
-            match entry.trim().parse() {
-                Ok(ip) => hops.push(ip),
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip.to_canonical()),
                 Err(_) => return peer,
             }
         }
@@ -808,6 +811,22 @@ mod tests {
         assert_eq!(client_ip(outsider, &headers, &trusted), outsider);
         headers.insert("x-forwarded-for", "junk".parse().unwrap());
         assert_eq!(client_ip(proxy, &headers, &trusted), proxy);
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_are_ipv4() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "::ffff:1.1.1.1".parse().unwrap());
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, &headers, &trusted),
+            "1.1.1.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(mapped, &HeaderMap::new(), &[]),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

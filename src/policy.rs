@@ -1035,7 +1035,7 @@ impl Context {
                 }
                 context.has_description = match map.get("description") {
                     None | Some(Value::Null) => false,
-                    Some(Value::String(text)) => !text.trim().is_empty(),
+                    Some(Value::String(text)) => text.chars().any(is_visible),
                     Some(_) => {
                         problems.push(unreadable("/description", "a string"));
                         false
@@ -1166,6 +1166,17 @@ fn days_between(now: SystemTime, at: i64) -> i64 {
         Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
     };
     at.saturating_sub(now).div_euclid(86_400)
+}
+
+/// Whether a character shows: not white space, and not one of the format and filler
+/// characters that render as nothing (zero-width space, BOM, word joiner, Hangul fillers).
+fn is_visible(c: char) -> bool {
+    !c.is_whitespace()
+        && !matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+            | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}')
 }
 
 /// Seconds since the epoch of an RFC 3339 time such as `2026-12-31T16:00:00.000Z` (or
@@ -1401,7 +1412,9 @@ mod tests {
         assert!(!has(None));
         assert!(!has(Some("")));
         assert!(!has(Some(" \t ")));
+        assert!(!has(Some("\u{200B}\u{FEFF}\u{180E}\u{3000}\u{2060}")));
         assert!(has(Some("release candidates")));
+        assert!(has(Some("\u{200B}ok")));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum LimitKey {
     Global,
 }
 
+const LONGEST_REFILL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
@@ -94,6 +96,19 @@ impl RateLimitSpec {
         }
         if self.interval().is_zero() {
             problems.push(format!("{name}: per is too short for the rate"));
+        }
+        // The time a whole burst takes to refill; the in-process limiter counts it in
+        // nanoseconds, which run out at 584 years.
+        let refill = self.interval().checked_mul(self.burst());
+        if refill.is_none_or(|refill| refill > LONGEST_REFILL) {
+            problems.push(format!(
+                "{name}: per / rate x burst, the time a whole burst takes to come back, must be under 100 years"
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            if let Err(error) = redis::Client::open(url.as_str()) {
+                problems.push(format!("{name}: redis_url is not a Redis URL: {error}"));
+            }
         }
         if self.backend == Backend::Redis && self.redis_url.is_none() {
             problems.push(format!("{name}: backend = \"redis\" needs redis_url"));
@@ -192,7 +207,9 @@ impl RateLimits {
                     }
                 }
                 Err(Refusal::Exhausted(wait)) => {
-                    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    // At most one cell's time, whatever a shared store answered.
+                    let wait = wait.min(limit.spec.interval());
+                    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
                     return Err(GateError::new(
                         ErrorKind::RateLimited,
                         format!(
@@ -202,7 +219,7 @@ impl RateLimits {
                             humantime::format_duration(limit.spec.per)
                         ),
                     )
-                    .with_retry_after(seconds.max(1))
+                    .with_retry_after(seconds)
                     .with_rate_limit(limit.spec.rate, 0));
                 }
                 Err(Refusal::Unreachable(why)) => {
@@ -526,12 +543,15 @@ mod tests {
                 spec(
                     "id = \"b\"\nkey = \"client\"\nrate = 1\nper = \"1m\"\noperations = [\"nope\"]",
                 ),
+                spec("id = \"c\"\nkey = \"client\"\nrate = 1\nper = \"30days\"\nburst = 8000"),
+                spec("id = \"d\"\nkey = \"client\"\nrate = 1\nper = \"600years\""),
+                spec("id = \"e\"\nkey = \"client\"\nrate = 1\nper = \"1m\"\nbackend = \"redis\"\nredis_url = \"ftp://127.0.0.1:1\""),
             ],
             &["create_user_repository_auth"],
             None,
         )
         .err()
         .unwrap();
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 7, "{problems:?}");
     }
 }

@@ -236,7 +236,9 @@ impl Target {
         }
     }
 
-    fn validate(&mut self) -> Result<(), GateError> {
+    /// Check the names against SWR's rules; a repository's `$` is read as the `/` it
+    /// stands for.
+    pub fn validate(&mut self) -> Result<(), GateError> {
         if let Some(ns) = &self.namespace {
             check_name(Param::Namespace, ns, is_namespace(ns))?;
         }
