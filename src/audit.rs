@@ -23,6 +23,9 @@ use crate::auth::AuthMethod;
 use crate::config::{Config, Fsync};
 use crate::crypto::{constant_time_eq, hex, sha256};
 
+/// What precedes a record's hash, the last field of every sealed record.
+const HASH_MARK: &[u8] = b",\"hash\":\"";
+
 /// The `prev` of the first record of a new trail.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -147,20 +150,28 @@ impl Chain {
         (line, hash)
     }
 
+    /// Whether a line is the start of a record that was never finished: it begins as a
+    /// record does and lacks the `"hash"` every sealed record ends with.
+    pub fn is_torn(line: &[u8]) -> bool {
+        line.starts_with(b"{\"ts\":\"") && Self::hash_at_end(line).is_none()
+    }
+
+    /// Where the record's `,"hash":"…"}` starts, if it ends with one.
+    fn hash_at_end(line: &[u8]) -> Option<usize> {
+        let start = line.len().checked_sub(HASH_MARK.len() + 64 + 2)?;
+        (start > 0 && line[start..].starts_with(HASH_MARK) && line.ends_with(b"\"}"))
+            .then_some(start)
+    }
+
     /// Check one written line: its `prev` and `hash` when the hash matches, else why not.
     pub fn open(&self, line: &[u8]) -> Result<(String, String), &'static str> {
-        const MARK: &[u8] = b",\"hash\":\"";
-        const TAIL: usize = MARK.len() + 64 + 2;
-        let incomplete = "not a complete record (truncated, or edited)";
-        if line.len() < TAIL + 2 || !line.ends_with(b"\"}") {
+        let incomplete = "not a complete record (edited, or not a record)";
+        let Some(start) = Self::hash_at_end(line) else {
             return Err(incomplete);
-        }
-        let (body, tail) = line.split_at(line.len() - TAIL);
-        if &tail[..MARK.len()] != MARK {
-            return Err(incomplete);
-        }
-        let hash =
-            std::str::from_utf8(&tail[MARK.len()..MARK.len() + 64]).map_err(|_| incomplete)?;
+        };
+        let (body, tail) = line.split_at(start);
+        let hash = std::str::from_utf8(&tail[HASH_MARK.len()..HASH_MARK.len() + 64])
+            .map_err(|_| incomplete)?;
         let mut hashed = body.to_vec();
         hashed.push(b'}');
         if !constant_time_eq(self.digest(&hashed).as_bytes(), hash.as_bytes()) {
@@ -211,7 +222,13 @@ impl AuditLog {
         };
         let chain = Chain::new(key);
         let mut sink = Sink::open(&path)?;
-        let prev = sink.last_hash(&chain)?;
+        let mut prev = sink.last_hash(&chain)?;
+        if prev == GENESIS {
+            if let Some(head) = read_head(&path) {
+                tracing::info!(path = %path.display(), head, "the audit file has no records: the chain goes on from where the last run left it (rotated while stopped?)");
+                prev = head;
+            }
+        }
         let health = Arc::new(Health {
             writable: AtomicBool::new(true),
             failures: AtomicU64::new(0),
@@ -344,13 +361,19 @@ impl AuditLog {
         writable
     }
 
-    /// Everything written so far, synced to disk (shutdown).
+    /// Everything written so far, synced to disk (shutdown), and where the chain ends
+    /// noted beside the file, for a start that finds the file rotated away.
     pub async fn flush(&self) -> io::Result<()> {
         let log = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut writer = log.lock();
             let written = log.write_out(&mut writer);
             let synced = writer.sink.sync();
+            if let Sink::File { path, .. } = &writer.sink {
+                if let Err(error) = write_head(path, &writer.written_prev) {
+                    tracing::warn!(%error, "where the audit chain ends could not be noted; a rotation before the next start begins a new chain");
+                }
+            }
             written.and(synced)
         })
         .await
@@ -408,6 +431,28 @@ fn last_record(file: &File, path: &Path) -> Result<(Option<Vec<u8>>, bool), Stri
             None => window *= 4,
         }
     }
+}
+
+/// Where a trail's chain ended at the last shutdown: `.NAME.head` beside the file (a
+/// dot file, which logrotate's patterns for the trail leave alone).
+fn head_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.head"))
+}
+
+fn write_head(path: &Path, hash: &str) -> io::Result<()> {
+    let head = head_path(path);
+    let fresh = head.with_extension("head.new");
+    std::fs::write(&fresh, format!("{hash}\n"))?;
+    File::open(&fresh)?.sync_all()?;
+    std::fs::rename(&fresh, &head)
+}
+
+fn read_head(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(head_path(path)).ok()?;
+    let hash = text.trim();
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) && hash != GENESIS)
+        .then(|| hash.to_owned())
 }
 
 /// The hash a new record chains to after `last`, if `last` verifies.

@@ -201,6 +201,12 @@ fn audit(action: AuditAction) -> ExitCode {
                         "ok: {} records, chain from {} to {}",
                         verified.records, verified.first_prev, verified.last_hash
                     );
+                    for torn in &verified.torn {
+                        println!("note: {torn}");
+                    }
+                    if verified.records == 0 {
+                        println!("note: no records: an empty trail proves nothing about what was written before");
+                    }
                     if verified.first_prev != swr_gate::audit::GENESIS {
                         println!("note: the first record is not the trail's first: it chains to a record before it; verify with the older files first, or compare {} with the last hash of the file before", verified.first_prev);
                     }
