@@ -239,6 +239,14 @@ async fn process(
         }
         Resolved::Unmatched { path_and_query } => {
             decide(snapshot, exchange, policy::FORWARD, None)?;
+            // A forward has no record before it goes, only after: under on_failure =
+            // "reject" it does not go while the trail is known not to take records.
+            if snapshot.config.audit.on_failure == OnFailure::Reject && !gate.audit.is_writable() {
+                return Err(GateError::new(
+                    ErrorKind::AuditUnavailable,
+                    "the audit log cannot be written",
+                ));
+            }
             let token = gate.tokens.current().await?;
             exchange.decision = Decision::Allow;
             forward(

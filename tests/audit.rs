@@ -350,10 +350,23 @@ fn a_full_disk_refuses_guarded_requests_or_forwards_them_as_configured() {
         }
     };
     let (admin, admin_section) = with_admin();
-    let reject = Gateway::start_with(&swr.url(), &admin_section, full("reject"));
+    let reject = Gateway::start_with(&swr.url(), &admin_section, |c| {
+        full("reject")(c);
+        forward_unmatched(c);
+    });
     let answer = reject.json("POST", CREATE, &grants(1));
     assert_eq!(
         (answer.status, answer.code().as_str()),
+        (503, "SWR.GATE.5030002")
+    );
+    // A forward is recorded only once SWR answered: it does not go while records fail.
+    let forward = reject.json(
+        "DELETE",
+        "/v2/manage/namespaces/team-a/repos/app/access",
+        "",
+    );
+    assert_eq!(
+        (forward.status, forward.code().as_str()),
         (503, "SWR.GATE.5030002")
     );
     assert!(swr.received().is_empty());
