@@ -204,7 +204,8 @@ impl Metrics {
                     .get_or_create(&ReasonLabel { reason })
                     .inc();
             }
-            Some(("rate_limit", _)) => {
+            // A limit that could not be checked (Redis away) refused nobody for rate.
+            Some(("rate_limit", "rate_limited")) => {
                 self.rate_limited.get_or_create(&operation).inc();
             }
             _ => {}

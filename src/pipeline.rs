@@ -558,6 +558,9 @@ struct Exchange {
     method: String,
     path: String,
     operation: Option<String>,
+    /// An unmatched route that `unmatched = "forward"` lets through: counted in metrics as
+    /// the `forward` operation, refused or not, as limits and policies name it.
+    forwarding: bool,
     target: Target,
     identity: Option<Identity>,
     grants: Option<Vec<audit::Grant>>,
@@ -599,6 +602,7 @@ impl Exchange {
                 .take(crate::route::MAX_PATH_BYTES)
                 .collect(),
             operation: None,
+            forwarding: false,
             target: Target::default(),
             identity: None,
             grants: None,
@@ -618,9 +622,14 @@ impl Exchange {
     }
 
     fn routed(&mut self, snapshot: &Snapshot, resolved: &Resolved) {
-        if let Resolved::Guarded { route, target, .. } = resolved {
-            self.operation = Some(snapshot.routes.route(*route).operation.clone());
-            self.target = target.clone();
+        match resolved {
+            Resolved::Guarded { route, target, .. } => {
+                self.operation = Some(snapshot.routes.route(*route).operation.clone());
+                self.target = target.clone();
+            }
+            Resolved::Unmatched { .. } => {
+                self.forwarding = snapshot.config.upstream.unmatched == Unmatched::Forward;
+            }
         }
     }
 
@@ -662,7 +671,7 @@ impl Exchange {
     }
 
     fn observation(&self) -> Observation<'_> {
-        let operation = match (&self.operation, self.upstream_status.is_some()) {
+        let operation = match (&self.operation, self.forwarding) {
             (Some(operation), _) => operation.as_str(),
             (None, true) => policy::FORWARD,
             (None, false) => "unmatched",
