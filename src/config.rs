@@ -193,6 +193,10 @@ pub struct Auth {
     pub max_failures: u32,
     #[serde(default = "defaults::failure_window", deserialize_with = "duration")]
     pub failure_window: Duration,
+    /// A Redis that keeps the AK/SK signatures already used, for every replica and
+    /// across restarts (else each process keeps its own).
+    pub replay_redis_url: Option<String>,
+    pub replay_redis_url_env: Option<String>,
 }
 
 impl Default for Auth {
@@ -201,6 +205,8 @@ impl Default for Auth {
             allow_anonymous: false,
             max_failures: defaults::max_failures(),
             failure_window: defaults::failure_window(),
+            replay_redis_url: None,
+            replay_redis_url_env: None,
         }
     }
 }
@@ -420,6 +426,13 @@ impl Config {
             problems.push(
                 "no [[clients]] are configured and [auth] allow_anonymous is false: nobody could use the gateway".into(),
             );
+        }
+        if let Err(problem) = crate::redis_link::url(
+            self.auth.replay_redis_url.as_deref(),
+            self.auth.replay_redis_url_env.as_deref(),
+            "[auth] replay_redis_url",
+        ) {
+            problems.push(problem);
         }
         let mut ids = std::collections::HashSet::new();
         for client in &self.clients {

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     BadSignature,
     StaleDate,
     Replay,
+    /// The shared record of used signatures could not be asked.
+    ReplayUnavailable,
     MalformedAuthorization,
     AmbiguousCredentials,
     TooManyAuthFailures,
@@ -65,7 +67,7 @@ impl ErrorKind {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UpstreamUnreachable => StatusCode::BAD_GATEWAY,
-            NoToken | AuditUnavailable | RateLimitUnavailable | Stopped => {
+            NoToken | AuditUnavailable | RateLimitUnavailable | ReplayUnavailable | Stopped => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -99,6 +101,7 @@ impl ErrorKind {
             TooManyAuthFailures => "SWR.GATE.4290002",
             RateLimitUnavailable => "SWR.GATE.5030003",
             Stopped => "SWR.GATE.5030004",
+            ReplayUnavailable => "SWR.GATE.5030005",
             BodyTimeout => "SWR.GATE.4080001",
             BodyTooLarge => "SWR.GATE.4130001",
             UnsupportedMediaType => "SWR.GATE.4150001",
@@ -128,6 +131,7 @@ impl ErrorKind {
             BadSignature => "bad_signature",
             StaleDate => "stale_date",
             Replay => "replay",
+            ReplayUnavailable => "replay_unavailable",
             MalformedAuthorization => "malformed_credential",
             AmbiguousCredentials => "ambiguous_credentials",
             TooManyAuthFailures => "too_many_failures",
@@ -159,6 +163,7 @@ impl ErrorKind {
             | BadSignature
             | StaleDate
             | Replay
+            | ReplayUnavailable
             | MalformedAuthorization
             | AmbiguousCredentials
             | TooManyAuthFailures => "auth",

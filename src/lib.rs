@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod reload;
 pub mod route;
 pub mod schema;

@@ -309,14 +309,16 @@ async fn authenticate(
         body: bytes.as_deref(),
         guarded,
     };
-    let result = snapshot
-        .clients
-        .authenticate(&presented, &gate.replay, SystemTime::now());
+    let result = snapshot.clients.authenticate(&presented, SystemTime::now());
     if let Err(failure) = &result {
         gate.auth_failures
             .record(exchange.client_ip, failure, Instant::now());
     }
-    result
+    let authenticated = result?;
+    if let Some(signature) = &authenticated.signature {
+        gate.replay.first_use(signature).await?;
+    }
+    Ok(authenticated.identity)
 }
 
 /// Ask the policy. A denial is the answer, unless `mode = "dry-run"`: then the request

@@ -16,9 +16,7 @@ use serde::Deserialize;
 use crate::audit::Reason;
 use crate::auth::Identity;
 use crate::error::{ErrorKind, GateError};
-
-/// How long one Redis check may take before the limit counts as unreachable.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+use crate::redis_link;
 
 /// A `[[rate_limits]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -38,6 +36,8 @@ pub struct RateLimitSpec {
     #[serde(default)]
     pub backend: Backend,
     pub redis_url: Option<String>,
+    /// The environment variable holding `redis_url`, for a URL with a password.
+    pub redis_url_env: Option<String>,
     /// What a Redis-backed limit does while Redis is unreachable: `reject` (503) or `allow`.
     #[serde(default)]
     pub on_redis_error: OnRedisError,
@@ -105,18 +105,20 @@ impl RateLimitSpec {
                 "{name}: per / rate x burst, the time a whole burst takes to come back, must be under 100 years"
             ));
         }
-        if let Some(url) = &self.redis_url {
-            if let Err(error) = redis::Client::open(url.as_str()) {
-                problems.push(format!("{name}: redis_url is not a Redis URL: {error}"));
-            }
-        }
-        if self.backend == Backend::Redis && self.redis_url.is_none() {
-            problems.push(format!("{name}: backend = \"redis\" needs redis_url"));
-        }
-        if self.backend == Backend::Local && self.redis_url.is_some() {
-            problems.push(format!(
+        let url = redis_link::url(
+            self.redis_url.as_deref(),
+            self.redis_url_env.as_deref(),
+            "redis_url",
+        );
+        match (self.backend, url) {
+            (_, Err(problem)) => problems.push(format!("{name}: {problem}")),
+            (Backend::Redis, Ok(None)) => problems.push(format!(
+                "{name}: backend = \"redis\" needs redis_url or redis_url_env"
+            )),
+            (Backend::Local, Ok(Some(_))) => problems.push(format!(
                 "{name}: redis_url is set but backend is not \"redis\""
-            ));
+            )),
+            _ => {}
         }
         for operation in &self.operations {
             if operation != "*"
@@ -276,7 +278,14 @@ impl Limit {
                 )
             }
             Backend::Redis => Store::Redis(redis_gcra::RedisGcra::new(
-                spec.redis_url.clone().unwrap_or_default(),
+                redis_link::url(
+                    spec.redis_url.as_deref(),
+                    spec.redis_url_env.as_deref(),
+                    "redis_url",
+                )
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
             )),
         };
         Limit { spec, store }
@@ -305,7 +314,7 @@ impl Limit {
                 let name = format!("swr-gate:rl:{}:{key}", self.spec.id);
                 let interval_us = self.spec.interval().as_micros().max(1) as u64;
                 match tokio::time::timeout(
-                    REDIS_TIMEOUT,
+                    redis_link::TIMEOUT,
                     redis.check(&name, interval_us, self.spec.burst()),
                 )
                 .await
@@ -326,8 +335,7 @@ mod redis_gcra {
 
     use std::time::Duration;
 
-    use redis::aio::ConnectionManager;
-    use tokio::sync::Mutex;
+    use crate::redis_link::RedisLink;
 
     const SCRIPT: &str = r#"
 local interval = tonumber(ARGV[1])
@@ -351,37 +359,16 @@ return {1, math.floor((window - (new_tat - now)) / interval)}
     }
 
     pub struct RedisGcra {
-        url: String,
+        link: RedisLink,
         script: redis::Script,
-        /// Connected on first use, so the gateway starts while Redis is down; the
-        /// manager reconnects by itself afterwards.
-        connection: Mutex<Option<ConnectionManager>>,
     }
 
     impl RedisGcra {
         pub fn new(url: String) -> RedisGcra {
             RedisGcra {
-                url,
+                link: RedisLink::new(url),
                 script: redis::Script::new(SCRIPT),
-                connection: Mutex::new(None),
             }
-        }
-
-        async fn connection(&self) -> Result<ConnectionManager, String> {
-            let mut slot = self.connection.lock().await;
-            if let Some(connection) = slot.as_ref() {
-                return Ok(connection.clone());
-            }
-            let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_millis(200)))
-                .set_response_timeout(Some(Duration::from_millis(200)))
-                .set_number_of_retries(1);
-            let connection = ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|e| e.to_string())?;
-            *slot = Some(connection.clone());
-            Ok(connection)
         }
 
         pub async fn check(
@@ -390,7 +377,7 @@ return {1, math.floor((window - (new_tat - now)) / interval)}
             interval_us: u64,
             capacity: u32,
         ) -> Result<Outcome, String> {
-            let mut connection = self.connection().await?;
+            let mut connection = self.link.connection().await?;
             let (allowed, value): (i64, i64) = self
                 .script
                 .key(key)

@@ -134,6 +134,16 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if brake(old) != brake(new) {
         changed.push("[auth] max_failures and failure_window");
     }
+    let replay_store = |c: &Config| {
+        let auth = &c.auth;
+        (
+            auth.replay_redis_url.clone(),
+            auth.replay_redis_url_env.clone(),
+        )
+    };
+    if replay_store(old) != replay_store(new) {
+        changed.push("[auth] replay_redis_url");
+    }
     changed
 }
 

@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::iam::TokenSource;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Gate, GateBody, Peer};
+use crate::redis_link;
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 use crate::upstream::BoxError;
@@ -79,7 +80,11 @@ pub async fn serve_then(
     let gate = Arc::new(Gate {
         snapshot: ArcSwap::from_pointee(snapshot),
         audit,
-        replay: ReplayGuard::default(),
+        replay: ReplayGuard::new(redis_link::url(
+            auth.replay_redis_url.as_deref(),
+            auth.replay_redis_url_env.as_deref(),
+            "[auth] replay_redis_url",
+        )?),
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
         metrics: Metrics::new(tokens.clone(), audit_health),
         tokens,

@@ -339,3 +339,42 @@ fn guesses_sent_together_are_braked_as_their_bodies_arrive() {
     );
     assert!(swr.received().is_empty());
 }
+
+/// With `[auth] replay_redis_url` the used signatures are in a Redis every replica
+/// shares: a request captured at one replica is a replay at another, and after a
+/// restart. With the Redis away, signed requests get 503, never a pass.
+#[test]
+fn replicas_sharing_a_redis_accept_a_signature_once_between_them() {
+    let mut redis = RedisServer::start();
+    let swr = StandInSwr::start();
+    std::env::set_var("SWR_GATE_TEST_REPLAY_REDIS", redis.url());
+    let shared = "[auth]\nreplay_redis_url_env = \"SWR_GATE_TEST_REPLAY_REDIS\"\n\n[[clients]]";
+    let one = aksk_gateway_with(&swr, shared);
+    let mut two = aksk_gateway_with(&swr, shared);
+    let body = grants(1);
+    let bytes = body.as_bytes();
+    let captured = signed("POST", CREATE, bytes, SK, now());
+    assert_eq!(send(&one, "POST", CREATE, &captured, bytes).status, 201);
+    assert_eq!(
+        send(&two, "POST", CREATE, &captured, bytes).code(),
+        "SWR.GATE.4010005"
+    );
+    two.stop();
+    let three = aksk_gateway_with(&swr, shared);
+    assert_eq!(
+        send(&three, "POST", CREATE, &captured, bytes).code(),
+        "SWR.GATE.4010005",
+        "a restart forgets nothing"
+    );
+    assert_eq!(swr.received().len(), 1);
+
+    redis.stop();
+    let fresh = signed("POST", CREATE, bytes, SK, now() + 1);
+    let answer = send(&one, "POST", CREATE, &fresh, bytes);
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (503, "SWR.GATE.5030005")
+    );
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    assert_eq!(swr.received().len(), 1);
+}

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use certificate::{PeerCertificate, San};
 pub use failures::FailureLimiter;
-pub use replay::ReplayGuard;
+pub use replay::{ReplayGuard, SignatureUse};
 
 use crate::config::Config;
 use crate::crypto::{constant_time_eq, parse_hex32, sha256};
@@ -47,6 +47,14 @@ pub struct Client {
 pub struct Identity {
     pub client: Arc<Client>,
     pub method: AuthMethod,
+}
+
+/// Who is calling; for an AK/SK signature, also the signature, still to be spent with
+/// the [`ReplayGuard`] (which may have to ask a Redis, so it is not done here).
+#[derive(Debug)]
+pub struct Authenticated {
+    pub identity: Identity,
+    pub signature: Option<SignatureUse>,
 }
 
 /// A secret key. `Debug` is redacted so it cannot reach a log by accident.
@@ -205,18 +213,19 @@ impl Clients {
     pub fn authenticate(
         &self,
         request: &Presented,
-        replay: &ReplayGuard,
         now: SystemTime,
-    ) -> Result<Identity, GateError> {
+    ) -> Result<Authenticated, GateError> {
         let credential = header_credential(request.headers)?;
-        match (credential, request.certificate) {
+        let identity = match (credential, request.certificate) {
             (Some(_), Some(_)) => Err(GateError::new(
                 ErrorKind::AmbiguousCredentials,
                 "the connection has a client certificate and the request another credential; send exactly one",
             )),
             (None, Some(certificate)) => self.by_certificate(certificate),
             (Some(HeaderCredential::ApiKey(key)), None) => self.by_api_key(key),
-            (Some(HeaderCredential::Signature(signature)), None) => self.by_signature(request, &signature, replay, now),
+            (Some(HeaderCredential::Signature(signature)), None) => {
+                return self.by_signature(request, &signature, now)
+            }
             (None, None) => match &self.anonymous {
                 Some(client) => Ok(identity(client, AuthMethod::Anonymous)),
                 None => Err(GateError::new(
@@ -224,7 +233,11 @@ impl Clients {
                     "no credential: send an API key (Authorization: Bearer KEY or X-Api-Key), sign the request with AK/SK, or present a client certificate",
                 )),
             },
-        }
+        }?;
+        Ok(Authenticated {
+            identity,
+            signature: None,
+        })
     }
 
     /// Every client id, for checks that want to know whether an id exists.
@@ -277,9 +290,8 @@ impl Clients {
         &self,
         request: &Presented,
         signature: &SdkAuthorization,
-        replay: &ReplayGuard,
         now: SystemTime,
-    ) -> Result<Identity, GateError> {
+    ) -> Result<Authenticated, GateError> {
         let Some((secret, client)) = self.access_keys.get(&signature.access_key) else {
             return Err(GateError::new(
                 ErrorKind::UnknownCredential,
@@ -330,14 +342,16 @@ impl Clients {
                 ),
             ));
         }
-        replay.first_use(
-            &client.id,
-            self.access_keys.len(),
-            &signature.signature,
-            signed_at + SIGNATURE_WINDOW.as_secs(),
-            now,
-        )?;
-        Ok(identity(client, AuthMethod::Aksk))
+        Ok(Authenticated {
+            identity: identity(client, AuthMethod::Aksk),
+            signature: Some(SignatureUse {
+                client: client.id.clone(),
+                signing_clients: self.access_keys.len(),
+                signature: signature.signature,
+                expires_at: signed_at + SIGNATURE_WINDOW.as_secs(),
+                now,
+            }),
+        })
     }
 }
 

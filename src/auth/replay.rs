@@ -1,23 +1,38 @@
 //! Replay protection for AK/SK signatures: a signature is accepted once while its date
-//! is inside the window; a copy sent again by someone who captured it is refused.
+//! is inside the window; a copy sent again by someone who captured it is refused. Kept
+//! in the process, or in a Redis every replica shares, which also outlives a restart.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Mutex;
 
+use crate::crypto::hex;
 use crate::error::{ErrorKind, GateError};
+use crate::redis_link::{self, RedisLink};
 
-/// Signatures remembered at most, over all clients (under 100 MiB at the cap). Each is
-/// kept only until its date leaves the window.
+/// Signatures remembered at most in the process, over all clients (under 100 MiB at
+/// the cap). Each is kept only until its date leaves the window.
 const CAPACITY: usize = 1_000_000;
 
 /// The first 128 bits of a signature: an HMAC nobody without the key can aim at
 /// another, so half of it tells signatures apart as well as all of it, in half the memory.
 type Fingerprint = [u8; 16];
 
-#[derive(Default)]
 pub struct ReplayGuard {
     seen: Mutex<Seen>,
+    shared: Option<RedisLink>,
+}
+
+/// A verified signature, to be spent once.
+#[derive(Debug)]
+pub struct SignatureUse {
+    pub client: String,
+    /// How many clients sign with AK/SK: each has its share of the process's memory.
+    pub signing_clients: usize,
+    pub signature: [u8; 32],
+    /// Unix seconds: when its date leaves the window, and now.
+    pub expires_at: u64,
+    pub now: u64,
 }
 
 #[derive(Default)]
@@ -33,31 +48,35 @@ struct Seen {
 }
 
 impl ReplayGuard {
-    /// Record `client`'s `signature`, valid until `expires_at`; refuse it if it was seen
-    /// before. `signing_clients` (how many clients sign with AK/SK) sets each one's share.
-    pub fn first_use(
-        &self,
-        client: &str,
-        signing_clients: usize,
-        signature: &[u8; 32],
-        expires_at: u64,
-        now: u64,
-    ) -> Result<(), GateError> {
-        let mut fingerprint = Fingerprint::default();
-        fingerprint.copy_from_slice(&signature[..16]);
+    /// Kept in this process, or in the Redis at `shared_url`.
+    pub fn new(shared_url: Option<String>) -> ReplayGuard {
+        ReplayGuard {
+            seen: Mutex::default(),
+            shared: shared_url.map(RedisLink::new),
+        }
+    }
+
+    /// Spend `used`; refuse it if it was spent before. A shared store that cannot be
+    /// asked refuses it too (503): a replay must not pass for want of an answer.
+    pub async fn first_use(&self, used: &SignatureUse) -> Result<(), GateError> {
+        match &self.shared {
+            Some(link) => first_use_shared(link, used).await,
+            None => self.first_use_here(used),
+        }
+    }
+
+    fn first_use_here(&self, used: &SignatureUse) -> Result<(), GateError> {
+        let fingerprint = fingerprint(&used.signature);
         let mut seen = self
             .seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        seen.forget_stale(now);
+        seen.forget_stale(used.now);
         if seen.signatures.contains(&fingerprint) {
-            return Err(GateError::new(
-                ErrorKind::Replay,
-                "this AK/SK signature was already used; sign each request anew (the SDK's X-Sdk-Date has whole seconds: two identical requests in one second carry one signature)",
-            ));
+            return Err(replayed());
         }
-        let number = seen.number_of(client);
-        if seen.remembered[number as usize] >= CAPACITY / signing_clients.max(1) {
+        let number = seen.number_of(&used.client);
+        if seen.remembered[number as usize] >= CAPACITY / used.signing_clients.max(1) {
             return Err(GateError::new(
                 ErrorKind::Replay,
                 "this client signed too many requests in the last 15 minutes to rule out a replay; retry shortly",
@@ -65,7 +84,7 @@ impl ReplayGuard {
         }
         seen.signatures.insert(fingerprint);
         seen.expiries
-            .push(Reverse((expires_at, fingerprint, number)));
+            .push(Reverse((used.expires_at, fingerprint, number)));
         seen.remembered[number as usize] += 1;
         Ok(())
     }
@@ -94,35 +113,87 @@ impl Seen {
     }
 }
 
+/// `SET NX` with the signature's remaining time: the one replica whose SET lands
+/// spends it, and Redis forgets it when it could no longer be accepted anyway.
+async fn first_use_shared(link: &RedisLink, used: &SignatureUse) -> Result<(), GateError> {
+    let key = format!("swr-gate:replay:{}", hex(&fingerprint(&used.signature)));
+    let ttl_ms = used.expires_at.saturating_sub(used.now).max(1) * 1000;
+    let spend = async {
+        let mut connection = link.connection().await?;
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<Option<String>>(&mut connection)
+            .await
+            .map_err(|error| error.to_string())
+    };
+    match tokio::time::timeout(redis_link::TIMEOUT, spend).await {
+        Ok(Ok(Some(_))) => Ok(()),
+        Ok(Ok(None)) => Err(replayed()),
+        Ok(Err(error)) => Err(unavailable(&error)),
+        Err(_) => Err(unavailable("Redis did not answer in time")),
+    }
+}
+
+fn fingerprint(signature: &[u8; 32]) -> Fingerprint {
+    let mut fingerprint = Fingerprint::default();
+    fingerprint.copy_from_slice(&signature[..16]);
+    fingerprint
+}
+
+fn replayed() -> GateError {
+    GateError::new(
+        ErrorKind::Replay,
+        "this AK/SK signature was already used; sign each request anew (the SDK's X-Sdk-Date has whole seconds: two identical requests in one second carry one signature)",
+    )
+}
+
+fn unavailable(why: &str) -> GateError {
+    tracing::warn!(
+        error = why,
+        "the shared record of used signatures cannot be asked"
+    );
+    GateError::new(
+        ErrorKind::ReplayUnavailable,
+        "the record of used AK/SK signatures cannot be checked right now",
+    )
+    .with_retry_after(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn signature(n: u32) -> [u8; 32] {
+    fn spend(client: &str, clients: usize, n: u32, expires_at: u64, now: u64) -> SignatureUse {
         let mut signature = [0; 32];
         signature[..4].copy_from_slice(&n.to_be_bytes());
-        signature
+        SignatureUse {
+            client: client.into(),
+            signing_clients: clients,
+            signature,
+            expires_at,
+            now,
+        }
     }
 
     #[test]
     fn a_signature_is_accepted_once_and_forgotten_after_its_window() {
-        let guard = ReplayGuard::default();
-        assert!(guard.first_use("a", 1, &signature(1), 100, 10).is_ok());
+        let guard = ReplayGuard::new(None);
+        let first = |used: SignatureUse| guard.first_use_here(&used);
+        assert!(first(spend("a", 1, 1, 100, 10)).is_ok());
         assert_eq!(
-            guard
-                .first_use("a", 1, &signature(1), 100, 20)
-                .unwrap_err()
-                .kind,
+            first(spend("a", 1, 1, 100, 20)).unwrap_err().kind,
             ErrorKind::Replay
         );
-        assert!(guard.first_use("a", 1, &signature(2), 100, 20).is_ok());
+        assert!(first(spend("a", 1, 2, 100, 20)).is_ok());
         for i in 10..2010 {
-            guard.first_use("a", 1, &signature(i), 150, 120).unwrap();
+            first(spend("a", 1, i, 150, 120)).unwrap();
         }
         // Stale ones leave as time passes: memory does not grow with old signatures.
-        guard
-            .first_use("a", 1, &signature(5000), 1000, 200)
-            .unwrap();
+        first(spend("a", 1, 5000, 1000, 200)).unwrap();
         let seen = guard.seen.lock().unwrap();
         assert_eq!(seen.signatures.len(), 1);
         assert_eq!(seen.remembered, vec![1]);
@@ -130,15 +201,14 @@ mod tests {
 
     #[test]
     fn one_client_fills_only_its_own_share() {
-        let guard = ReplayGuard::default();
-        let share = CAPACITY / 4;
+        let guard = ReplayGuard::new(None);
         {
             let mut seen = guard.seen.lock().unwrap();
             let number = seen.number_of("flood");
-            seen.remembered[number as usize] = share;
+            seen.remembered[number as usize] = CAPACITY / 4;
         }
-        let refused = guard.first_use("flood", 4, &signature(1), 100, 10);
+        let refused = guard.first_use_here(&spend("flood", 4, 1, 100, 10));
         assert_eq!(refused.unwrap_err().kind, ErrorKind::Replay);
-        assert!(guard.first_use("other", 4, &signature(2), 100, 10).is_ok());
+        assert!(guard.first_use_here(&spend("other", 4, 2, 100, 10)).is_ok());
     }
 }
