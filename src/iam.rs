@@ -370,7 +370,7 @@ impl Held {
     }
 
     fn expiring(issued: login::Issued, refresh_before: Duration) -> Held {
-        let usable = issued.lifetime - EXPIRY_MARGIN.min(issued.lifetime / 10);
+        let usable = issued.remaining - EXPIRY_MARGIN.min(issued.remaining / 10);
         Held {
             token: issued.token,
             usable_until: Some(issued.requested + usable),
@@ -498,7 +498,7 @@ mod tests {
         let issued = login::Issued {
             token: Token::parse("t1").unwrap(),
             requested: Instant::now(),
-            lifetime: Duration::from_secs(100),
+            remaining: Duration::from_secs(100),
         };
         source
             .keep(Ok(Held::expiring(issued, Duration::from_secs(3600))))
@@ -512,7 +512,7 @@ mod tests {
         let issued = login::Issued {
             token: Token::parse("t2").unwrap(),
             requested: Instant::now() - Duration::from_secs(60),
-            lifetime: Duration::from_secs(60),
+            remaining: Duration::from_secs(60),
         };
         source
             .keep(Ok(Held::expiring(issued, Duration::from_secs(3600))))

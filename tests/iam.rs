@@ -241,7 +241,14 @@ fn iam_refusals_and_garbage_leave_the_gateway_unready_with_the_reason_and_never_
         (IamMode::Status(500), "HTTP 500"),
         (IamMode::NoToken, "X-Subject-Token"),
         (IamMode::Garbage, "token.expires_at"),
-        (IamMode::Expired, "lives under 10 s"),
+        (IamMode::Expired, "already expired"),
+        // Good for an hour by issued_at, but IAM's Date says it expired an hour ago, or
+        // has 5 s to live.
+        (IamMode::IssuedAgo(2 * HOUR), "already expired"),
+        (
+            IamMode::IssuedAgo(HOUR - Duration::from_secs(5)),
+            "under 10 s to live",
+        ),
     ];
     let running: Vec<_> = cases
         .into_iter()
@@ -279,6 +286,30 @@ fn iam_refusals_and_garbage_leave_the_gateway_unready_with_the_reason_and_never_
     iam.set(IamMode::Issue);
     wait_ready(*admin, Duration::from_secs(10));
     assert_eq!(create(gate).status, 201);
+}
+
+#[test]
+fn a_token_iam_hands_out_old_lives_what_iams_clock_leaves_it() {
+    let iam = FakeIam::start(HOUR);
+    iam.set(IamMode::IssuedAgo(HOUR / 2));
+    let swr = StandInSwr::validating(iam.validator());
+    let (gate, admin) = gateway(&swr, &password_iam(&iam.url()));
+    wait_ready(admin, Duration::from_secs(10));
+    assert_eq!(create(&gate).status, 201);
+
+    let metrics = http_request(admin, "admin", "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let expires_in: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("swr_gate_iam_token_expires_in_seconds "))
+        .unwrap_or_else(|| panic!("no expires_in in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (1780.0..=1796.0).contains(&expires_in),
+        "half an hour left, less the last 5 s: {expires_in}"
+    );
 }
 
 #[test]
