@@ -312,6 +312,75 @@ fn a_token_iam_hands_out_old_lives_what_iams_clock_leaves_it() {
     );
 }
 
+/// SWR refusing every token and IAM answering 500: each 401 asks for a renewal, which
+/// fails. Once the token has expired, every 503 still says when to come back, and so does
+/// /readyz, however those renewals fall against the refresher's retries.
+#[test]
+fn a_renewal_failing_on_swrs_401_keeps_the_retry_time_known() {
+    let iam = FakeIam::start(Duration::from_secs(15));
+    let swr = StandInSwr::validating(iam.validator());
+    let (gate, admin) = gateway(&swr, &password_iam(&iam.url()));
+    wait_ready(admin, Duration::from_secs(10));
+    iam.set(IamMode::Status(500));
+    swr.refuse_next(usize::MAX);
+    // Slow, so that 401s, and the renewals they ask for, still come after the token's end
+    // (13.5 s in); from workers started 0.5 s apart, so that a 401 comes every 0.5 s and
+    // the third renewal falls between 14 s and 15.5 s.
+    swr.set(Behaviour::Slow(Duration::from_secs(4)));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (answers, readyz_said) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|worker| {
+                let gate = &gate;
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(500) * worker);
+                    let mut answers = Vec::new();
+                    while Instant::now() < deadline {
+                        let answer = create(gate);
+                        let retry_after = answer.header("retry-after").map(str::to_owned);
+                        answers.push((answer.status, retry_after));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut said = Vec::new();
+        while Instant::now() < deadline {
+            said.push(readyz(admin));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let answers: Vec<_> = workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap())
+            .collect();
+        (answers, said)
+    });
+
+    let unavailable: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status == 503)
+        .collect();
+    assert!(unavailable.len() > 10, "{answers:?}");
+    assert!(answers.iter().any(|(status, _)| *status == 401));
+    for (_, retry_after) in unavailable {
+        let seconds: u64 = retry_after
+            .as_deref()
+            .unwrap_or_else(|| panic!("a 503 without Retry-After"))
+            .parse()
+            .unwrap();
+        assert!(seconds >= 1);
+    }
+    for (status, body) in readyz_said.iter().filter(|(status, _)| *status == 503) {
+        assert!(
+            body.contains("in flight") || body.contains("next attempt in"),
+            "{status}: {body}"
+        );
+    }
+    let renewals = gate.log().matches("SWR refused the IAM token").count();
+    assert!(renewals >= 3, "{renewals} renewals on SWR's 401");
+}
+
 #[test]
 fn a_burst_with_no_token_yet_waits_for_one_iam_call() {
     let iam = FakeIam::start(HOUR);
