@@ -100,6 +100,9 @@ impl Held {
 struct Status {
     fetching: bool,
     failure: Option<String>,
+    /// When the refresher tries again after its last failure: set by that failure itself,
+    /// so no request sees the failure without it, and left alone by renewals outside the
+    /// schedule (SWR's 401), so the `Retry-After` stays known.
     retry_at: Option<Instant>,
 }
 
@@ -183,7 +186,7 @@ impl TokenSource {
             refresh_before: iam.refresh_before,
         };
         if let Origin::Local(local) = &source.origin {
-            let _ = source.keep(local.read().map(Held::lasting));
+            let _ = source.keep(local.read().map(Held::lasting), None);
         }
         Ok(source)
     }
@@ -252,7 +255,7 @@ impl TokenSource {
         }
         *flight = Some(Instant::now());
         tracing::info!("SWR refused the IAM token; renewing it");
-        let held = self.obtain(&mut flight).await.ok()?;
+        let held = self.obtain(&mut flight, None).await.ok()?;
         Some(held.token.clone()).filter(|token| token != rejected)
     }
 
@@ -298,8 +301,9 @@ impl TokenSource {
         }
     }
 
-    /// Renew unless the token seen when this was scheduled has been replaced meanwhile.
-    async fn renew(&self, seen: Option<&Arc<Held>>) -> Result<(), String> {
+    /// Renew unless the token seen when this was scheduled has been replaced meanwhile;
+    /// after a failure, the next attempt is `retry_in` away.
+    async fn renew(&self, seen: Option<&Arc<Held>>, retry_in: Duration) -> Result<(), String> {
         let mut flight = self.flight.lock().await;
         let replaced = match (seen, &*self.current.load()) {
             (Some(seen), Some(now)) => !Arc::ptr_eq(seen, now),
@@ -309,11 +313,16 @@ impl TokenSource {
         if replaced {
             return Ok(());
         }
-        self.obtain(&mut flight).await.map(drop)
+        self.obtain(&mut flight, Some(retry_in)).await.map(drop)
     }
 
-    /// Get a token from the origin. `_flight` proves the caller holds the single-flight lock.
-    async fn obtain(&self, _flight: &mut Option<Instant>) -> Result<Arc<Held>, String> {
+    /// Get a token from the origin. `_flight` proves the caller holds the single-flight
+    /// lock; `retry_in` is for [`TokenSource::keep`].
+    async fn obtain(
+        &self,
+        _flight: &mut Option<Instant>,
+        retry_in: Option<Duration>,
+    ) -> Result<Arc<Held>, String> {
         self.status.send_modify(|s| s.fetching = true);
         let fresh = match &self.origin {
             Origin::Local(local) => local.read().map(Held::lasting),
@@ -322,10 +331,16 @@ impl TokenSource {
                 .await
                 .map(|issued| Held::expiring(issued, self.refresh_before)),
         };
-        self.keep(fresh)
+        self.keep(fresh, retry_in)
     }
 
-    fn keep(&self, fresh: Result<Held, String>) -> Result<Arc<Held>, String> {
+    /// Put what an attempt got in use and in the status. A failed attempt of the
+    /// refresher's gives `retry_in`, when it tries again; others leave that time as it is.
+    fn keep(
+        &self,
+        fresh: Result<Held, String>,
+        retry_in: Option<Duration>,
+    ) -> Result<Arc<Held>, String> {
         let result = match fresh {
             Ok(held) => {
                 let held = Arc::new(held);
@@ -353,8 +368,18 @@ impl TokenSource {
         };
         self.status.send_modify(|s| {
             s.fetching = false;
-            s.failure = result.as_ref().err().cloned();
-            s.retry_at = None;
+            match &result {
+                Ok(_) => {
+                    s.failure = None;
+                    s.retry_at = None;
+                }
+                Err(reason) => {
+                    s.failure = Some(reason.clone());
+                    if let Some(wait) = retry_in {
+                        s.retry_at = Some(Instant::now() + wait);
+                    }
+                }
+            }
         });
         result
     }
@@ -370,7 +395,7 @@ impl Held {
     }
 
     fn expiring(issued: login::Issued, refresh_before: Duration) -> Held {
-        let usable = issued.lifetime - EXPIRY_MARGIN.min(issued.lifetime / 10);
+        let usable = issued.remaining - EXPIRY_MARGIN.min(issued.remaining / 10);
         Held {
             token: issued.token,
             usable_until: Some(issued.requested + usable),
@@ -404,23 +429,19 @@ async fn refresh(source: Weak<TokenSource>) {
             return;
         };
         let seen = strong.current.load_full();
+        let renew_at = seen.as_ref().and_then(|held| held.renew_at);
         let due = match failures {
-            0 => seen
-                .as_ref()
-                .and_then(|held| held.renew_at)
-                .unwrap_or_else(Instant::now),
-            _ => {
-                let due = Instant::now() + backoff(failures);
-                strong.status.send_modify(|s| s.retry_at = Some(due));
-                due
-            }
+            0 => renew_at,
+            // As the failure told requests; gone if a renewal on SWR's 401 got a token since.
+            _ => strong.status.borrow().retry_at.or(renew_at),
         };
         drop(strong);
-        tokio::time::sleep_until(due.into()).await;
+        tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()).await;
         let Some(strong) = source.upgrade() else {
             return;
         };
-        failures = match strong.renew(seen.as_ref()).await {
+        let retry_in = backoff(failures.saturating_add(1));
+        failures = match strong.renew(seen.as_ref(), retry_in).await {
             Ok(()) => 0,
             Err(_) => failures.saturating_add(1),
         };
@@ -442,7 +463,7 @@ async fn watch_file(source: Weak<TokenSource>, path: PathBuf) {
         if stamp != seen {
             seen = stamp;
             let mut flight = source.flight.lock().await;
-            let held = source.obtain(&mut flight).await.is_ok();
+            let held = source.obtain(&mut flight, None).await.is_ok();
             tracing::info!(path = %path.display(), held, "IAM token file re-read");
         }
     }
@@ -498,10 +519,10 @@ mod tests {
         let issued = login::Issued {
             token: Token::parse("t1").unwrap(),
             requested: Instant::now(),
-            lifetime: Duration::from_secs(100),
+            remaining: Duration::from_secs(100),
         };
         source
-            .keep(Ok(Held::expiring(issued, Duration::from_secs(3600))))
+            .keep(Ok(Held::expiring(issued, Duration::from_secs(3600))), None)
             .unwrap();
         let stats = source.stats();
         assert_eq!((stats.refreshes_ok, stats.refreshes_failed), (1, 0));
@@ -512,10 +533,10 @@ mod tests {
         let issued = login::Issued {
             token: Token::parse("t2").unwrap(),
             requested: Instant::now() - Duration::from_secs(60),
-            lifetime: Duration::from_secs(60),
+            remaining: Duration::from_secs(60),
         };
         source
-            .keep(Ok(Held::expiring(issued, Duration::from_secs(3600))))
+            .keep(Ok(Held::expiring(issued, Duration::from_secs(3600))), None)
             .unwrap();
         assert_eq!(source.stats().expires_in, Some(Duration::ZERO));
         let error = source.current().await.unwrap_err();
@@ -534,10 +555,35 @@ mod tests {
                 Local::Env("SWR_GATE_UNIT_TOKEN".into())
                     .read()
                     .map(Held::lasting),
+                None,
             )
             .unwrap();
         let token = source.current().await.unwrap();
         assert_eq!(source.renew_rejected(&token).await, None);
         assert_eq!(source.stats().expires_in, None);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_failing_on_swrs_401_leaves_the_next_attempt_known() {
+        let source = source(Origin::Local(Local::File(
+            "/nonexistent/swr-gate-unit-token".into(),
+        )));
+        let _ = source.keep(
+            Err("IAM answered HTTP 500".into()),
+            Some(Duration::from_secs(30)),
+        );
+        let rejected = Token::parse("t1").unwrap();
+        assert_eq!(source.renew_rejected(&rejected).await, None);
+        assert_eq!(source.stats().refreshes_failed, 2);
+
+        let error = source.current().await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::NoToken);
+        assert!(
+            matches!(error.retry_after, Some(29..=30)),
+            "{:?}",
+            error.retry_after
+        );
+        let reason = source.is_ready().unwrap_err();
+        assert!(reason.contains("next attempt in"), "{reason}");
     }
 }

@@ -241,7 +241,14 @@ fn iam_refusals_and_garbage_leave_the_gateway_unready_with_the_reason_and_never_
         (IamMode::Status(500), "HTTP 500"),
         (IamMode::NoToken, "X-Subject-Token"),
         (IamMode::Garbage, "token.expires_at"),
-        (IamMode::Expired, "lives under 10 s"),
+        (IamMode::Expired, "already expired"),
+        // Good for an hour by issued_at, but IAM's Date says it expired an hour ago, or
+        // has 5 s to live.
+        (IamMode::IssuedAgo(2 * HOUR), "already expired"),
+        (
+            IamMode::IssuedAgo(HOUR - Duration::from_secs(5)),
+            "under 10 s to live",
+        ),
     ];
     let running: Vec<_> = cases
         .into_iter()
@@ -279,6 +286,99 @@ fn iam_refusals_and_garbage_leave_the_gateway_unready_with_the_reason_and_never_
     iam.set(IamMode::Issue);
     wait_ready(*admin, Duration::from_secs(10));
     assert_eq!(create(gate).status, 201);
+}
+
+#[test]
+fn a_token_iam_hands_out_old_lives_what_iams_clock_leaves_it() {
+    let iam = FakeIam::start(HOUR);
+    iam.set(IamMode::IssuedAgo(HOUR / 2));
+    let swr = StandInSwr::validating(iam.validator());
+    let (gate, admin) = gateway(&swr, &password_iam(&iam.url()));
+    wait_ready(admin, Duration::from_secs(10));
+    assert_eq!(create(&gate).status, 201);
+
+    let metrics = http_request(admin, "admin", "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let expires_in: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("swr_gate_iam_token_expires_in_seconds "))
+        .unwrap_or_else(|| panic!("no expires_in in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (1780.0..=1796.0).contains(&expires_in),
+        "half an hour left, less the last 5 s: {expires_in}"
+    );
+}
+
+/// SWR refusing every token and IAM answering 500: each 401 asks for a renewal, which
+/// fails. Once the token has expired, every 503 still says when to come back, and so does
+/// /readyz, however those renewals fall against the refresher's retries.
+#[test]
+fn a_renewal_failing_on_swrs_401_keeps_the_retry_time_known() {
+    let iam = FakeIam::start(Duration::from_secs(15));
+    let swr = StandInSwr::validating(iam.validator());
+    let (gate, admin) = gateway(&swr, &password_iam(&iam.url()));
+    wait_ready(admin, Duration::from_secs(10));
+    iam.set(IamMode::Status(500));
+    swr.refuse_next(usize::MAX);
+    // Slow, so that 401s, and the renewals they ask for, still come after the token's end
+    // (13.5 s in); from workers started 0.5 s apart, so that a 401 comes every 0.5 s and
+    // the third renewal falls between 14 s and 15.5 s.
+    swr.set(Behaviour::Slow(Duration::from_secs(4)));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (answers, readyz_said) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|worker| {
+                let gate = &gate;
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(500) * worker);
+                    let mut answers = Vec::new();
+                    while Instant::now() < deadline {
+                        let answer = create(gate);
+                        let retry_after = answer.header("retry-after").map(str::to_owned);
+                        answers.push((answer.status, retry_after));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut said = Vec::new();
+        while Instant::now() < deadline {
+            said.push(readyz(admin));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let answers: Vec<_> = workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap())
+            .collect();
+        (answers, said)
+    });
+
+    let unavailable: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status == 503)
+        .collect();
+    assert!(unavailable.len() > 10, "{answers:?}");
+    assert!(answers.iter().any(|(status, _)| *status == 401));
+    for (_, retry_after) in unavailable {
+        let seconds: u64 = retry_after
+            .as_deref()
+            .unwrap_or_else(|| panic!("a 503 without Retry-After"))
+            .parse()
+            .unwrap();
+        assert!(seconds >= 1);
+    }
+    for (status, body) in readyz_said.iter().filter(|(status, _)| *status == 503) {
+        assert!(
+            body.contains("in flight") || body.contains("next attempt in"),
+            "{status}: {body}"
+        );
+    }
+    let renewals = gate.log().matches("SWR refused the IAM token").count();
+    assert!(renewals >= 3, "{renewals} renewals on SWR's 401");
 }
 
 #[test]

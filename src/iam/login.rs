@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,9 +21,9 @@ use crate::upstream::{connector, error_chain};
 
 /// The token answer is a few KiB without the catalog; anything far larger is not one.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
-/// A token living less than this is refused like a failed fetch (and retried with
-/// backoff): renewing it in time would mean calling IAM in a loop.
-const MIN_LIFETIME: Duration = Duration::from_secs(10);
+/// A token with less than this left to live is refused like a failed fetch (and retried
+/// with backoff): renewing it in time would mean calling IAM in a loop.
+const MIN_REMAINING: Duration = Duration::from_secs(10);
 
 /// The IAM password, read from the variable `password_env` names or the file
 /// `password_file` names. Redacted in `Debug`.
@@ -74,9 +74,10 @@ impl std::fmt::Debug for SecretBody {
 /// A token as IAM issued it.
 pub struct Issued {
     pub token: Token,
-    /// When the request that got it was sent: its lifetime is counted from here.
+    /// When the request that got it was sent: its remaining life is counted from here.
     pub requested: Instant,
-    pub lifetime: Duration,
+    /// How long it had left to live when IAM answered, on IAM's clock.
+    pub remaining: Duration,
 }
 
 pub struct Login {
@@ -208,6 +209,7 @@ impl Login {
         if status != StatusCode::CREATED && status != StatusCode::OK {
             return Err(refusal(status));
         }
+        let date = date(response.headers());
         let token = response
             .headers()
             .get("x-subject-token")
@@ -219,11 +221,11 @@ impl Login {
             .await
             .map_err(|_| "IAM's answer could not be read, or is over 1 MiB")?
             .to_bytes();
-        let lifetime = lifetime(&body, SystemTime::now())?;
+        let remaining = remaining(&body, date, SystemTime::now())?;
         Ok(Issued {
             token,
             requested,
-            lifetime,
+            remaining,
         })
     }
 }
@@ -252,6 +254,13 @@ fn refusal(status: StatusCode) -> String {
     }
 }
 
+/// When IAM answered, by its own clock: the `Date` header (RFC 9110 §6.6.1), which
+/// Keystone and Huawei IAM send. `None` when it is missing or unreadable.
+fn date(headers: &HeaderMap) -> Option<SystemTime> {
+    let value = headers.get(header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(value).ok()
+}
+
 #[derive(Deserialize)]
 struct Answer {
     token: Times,
@@ -263,10 +272,17 @@ struct Times {
     issued_at: Option<String>,
 }
 
-/// How long the token lives: `expires_at - issued_at`, both IAM's own clock, so the
-/// gateway's clock being off does not matter; `expires_at - now` when `issued_at` is absent.
-/// At least [`MIN_LIFETIME`].
-fn lifetime(body: &[u8], now: SystemTime) -> Result<Duration, &'static str> {
+/// How long the token has left to live: `expires_at` less the time IAM answered, by its
+/// `Date` header, so that a token IAM hands out already old or expired is seen as such;
+/// `expires_at - issued_at` without a usable `Date`. Either way IAM's own clock, so the
+/// gateway's clock being off does not matter; `expires_at - now` only when IAM gives
+/// neither. `Date` is whole seconds, so the remaining life is never taken to be longer
+/// than `expires_at - issued_at`. At least [`MIN_REMAINING`].
+fn remaining(
+    body: &[u8],
+    date: Option<SystemTime>,
+    now: SystemTime,
+) -> Result<Duration, &'static str> {
     let unreadable = "IAM's answer has no readable token.expires_at";
     let times = serde_json::from_slice::<Answer>(body)
         .map_err(|_| unreadable)?
@@ -274,27 +290,86 @@ fn lifetime(body: &[u8], now: SystemTime) -> Result<Duration, &'static str> {
     let expires = humantime::parse_rfc3339(&times.expires_at).map_err(|_| unreadable)?;
     let issued = times
         .issued_at
-        .and_then(|t| humantime::parse_rfc3339(&t).ok())
-        .unwrap_or(now);
-    expires
-        .duration_since(issued)
-        .ok()
-        .filter(|lifetime| *lifetime >= MIN_LIFETIME)
-        .ok_or("IAM issued a token that lives under 10 s")
+        .and_then(|t| humantime::parse_rfc3339(&t).ok());
+    let answered = match (date, issued) {
+        (Some(date), Some(issued)) => date.max(issued),
+        (Some(at), None) | (None, Some(at)) => at,
+        (None, None) => now,
+    };
+    match expires.duration_since(answered) {
+        Err(_) => Err("IAM issued a token that had already expired"),
+        Ok(left) if left < MIN_REMAINING => Err("IAM issued a token with under 10 s to live"),
+        Ok(left) => Ok(left),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn at(time: &str) -> SystemTime {
+        humantime::parse_rfc3339(time).unwrap()
+    }
+
     #[test]
-    fn lifetime_is_counted_on_iams_clock() {
+    fn the_date_header_is_read_or_left_out() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(date(&headers), None);
+        headers.insert(
+            header::DATE,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(date(&headers), Some(at("1994-11-06T08:49:37Z")));
+        for unreadable in ["yesterday", "Mon, 06 Nov 1994 08:49:37 GMT", ""] {
+            headers.insert(header::DATE, HeaderValue::from_static(unreadable));
+            assert_eq!(date(&headers), None, "{unreadable}");
+        }
+    }
+
+    #[test]
+    fn the_remaining_life_is_counted_on_iams_clock() {
         let body = br#"{"token":{"expires_at":"2020-01-04T09:05:22.701000Z","issued_at":"2020-01-03T09:05:22.701000Z","methods":["password"]}}"#;
         let far_off = SystemTime::UNIX_EPOCH;
-        assert_eq!(lifetime(body, far_off), Ok(Duration::from_secs(86400)));
+        let day = Duration::from_secs(86400);
+        // IAM's Date, however far the gateway's clock is from it.
+        let date = at("2020-01-03T21:05:22.701Z");
+        assert_eq!(remaining(body, Some(date), far_off), Ok(day / 2));
+        // Without a Date, from issued_at.
+        assert_eq!(remaining(body, None, far_off), Ok(day));
+        // Date is whole seconds: a token is never taken to outlive its lifetime.
+        let date = at("2020-01-03T09:05:22Z");
+        assert_eq!(remaining(body, Some(date), far_off), Ok(day));
+        // Neither: from the gateway's clock.
         let body = br#"{"token":{"expires_at":"2026-11-23T19:00:12.000000Z"}}"#;
-        let now = humantime::parse_rfc3339("2026-11-23T19:00:02Z").unwrap();
-        assert_eq!(lifetime(body, now), Ok(Duration::from_secs(10)));
+        let now = at("2026-11-23T19:00:02Z");
+        assert_eq!(remaining(body, None, now), Ok(Duration::from_secs(10)));
+        // A Date without issued_at.
+        let date = at("2026-11-23T18:00:12Z");
+        assert_eq!(
+            remaining(body, Some(date), now),
+            Ok(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn a_token_issued_old_is_refused_on_iams_clock() {
+        // Issued two hours ago, expired an hour ago: its lifetime alone says one hour.
+        let body = br#"{"token":{"expires_at":"2020-01-01T11:00:00Z","issued_at":"2020-01-01T10:00:00Z"}}"#;
+        let date = at("2020-01-01T12:00:00Z");
+        assert_eq!(
+            remaining(body, Some(date), SystemTime::UNIX_EPOCH),
+            Err("IAM issued a token that had already expired")
+        );
+        let date = at("2020-01-01T10:59:51Z");
+        assert_eq!(
+            remaining(body, Some(date), SystemTime::UNIX_EPOCH),
+            Err("IAM issued a token with under 10 s to live")
+        );
+        let date = at("2020-01-01T10:59:50Z");
+        assert_eq!(
+            remaining(body, Some(date), SystemTime::UNIX_EPOCH),
+            Ok(Duration::from_secs(10))
+        );
     }
 
     #[test]
@@ -306,17 +381,23 @@ mod tests {
             br#"{"token":{"expires_at":"tomorrow secret-looking"}}"#,
             br#"{"token":{"expires_at":5}}"#,
         ] {
-            let error = lifetime(body, now).unwrap_err();
+            let error = remaining(body, None, now).unwrap_err();
             assert!(!error.contains("secret"), "{error}");
         }
-        for expires_at in ["2020-01-01T00:00:09Z", "2019-12-31T23:00:00Z"] {
+        for (expires_at, error) in [
+            (
+                "2020-01-01T00:00:09Z",
+                "IAM issued a token with under 10 s to live",
+            ),
+            (
+                "2019-12-31T23:00:00Z",
+                "IAM issued a token that had already expired",
+            ),
+        ] {
             let body = format!(
                 r#"{{"token":{{"expires_at":"{expires_at}","issued_at":"2020-01-01T00:00:00Z"}}}}"#
             );
-            assert_eq!(
-                lifetime(body.as_bytes(), now),
-                Err("IAM issued a token that lives under 10 s")
-            );
+            assert_eq!(remaining(body.as_bytes(), None, now), Err(error));
         }
     }
 

@@ -21,7 +21,8 @@ use super::Validator;
 /// Put in every error body the fake sends: it must never show up anywhere else.
 pub const BODY_MARKER: &str = "iam-body-must-not-leak";
 
-/// How the fake IAM answers `POST /v3/auth/tokens`.
+/// How the fake IAM answers `POST /v3/auth/tokens`. Its answers carry hyper's `Date`
+/// header, as Keystone's and Huawei IAM's do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IamMode {
     /// 201, a new token in `X-Subject-Token`, its times in the body.
@@ -34,6 +35,9 @@ pub enum IamMode {
     Garbage,
     /// 201 and a token whose `expires_at` is before its `issued_at`.
     Expired,
+    /// 201 and a token issued this long ago (by `issued_at`), living the fake's lifetime
+    /// from then, as an IAM behind a cache that replays old answers would hand out.
+    IssuedAgo(Duration),
 }
 
 /// One `POST /v3/auth/tokens` the fake received.
@@ -225,7 +229,10 @@ async fn answer(state: &FakeState, request: Request<Incoming>) -> Response<Full<
         "fake-{n}-{}",
         swr_gate::crypto::hex(&swr_gate::crypto::random_bytes::<24>())
     );
-    let issued_at = SystemTime::now();
+    let issued_at = match mode {
+        IamMode::IssuedAgo(ago) => SystemTime::now() - ago,
+        _ => SystemTime::now(),
+    };
     let expires_at = match mode {
         IamMode::Expired => issued_at - Duration::from_secs(1),
         _ => issued_at + state.lifetime,
@@ -236,7 +243,7 @@ async fn answer(state: &FakeState, request: Request<Incoming>) -> Response<Full<
         humantime::format_rfc3339_micros(issued_at),
     );
     match mode {
-        IamMode::Issue | IamMode::Expired => {
+        IamMode::Issue | IamMode::Expired | IamMode::IssuedAgo(_) => {
             state
                 .issued
                 .lock()
