@@ -3,8 +3,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 
 /// A running `swr-gate dev` and the banner it printed, up to the end of its SDK example.
 struct Dev {
@@ -61,7 +60,7 @@ impl Dev {
 
     /// The audit trail's records so far.
     fn audit_records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(Path::new(self.printed("Audit trail:")))
+        std::fs::read_to_string(self.printed("Audit trail:"))
             .unwrap()
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
@@ -70,13 +69,25 @@ impl Dev {
 
     fn stop(mut self) {
         assert_eq!(common::readyz(self.admin), "ready\n");
-        let _ = Command::new("kill")
+        let status = self.terminate().unwrap();
+        assert!(status.success(), "dev exits 0 on SIGTERM");
+    }
+
+    /// SIGTERM, as Ctrl-C would: `dev` removes its directory on the way out.
+    fn terminate(&mut self) -> std::io::Result<ExitStatus> {
+        Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        assert!(
-            self.child.wait().unwrap().success(),
-            "dev exits 0 on SIGTERM"
-        );
+            .status()?;
+        self.child.wait()
+    }
+}
+
+/// A test that fails midway leaves no `dev` running.
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|status| status.is_none()) {
+            let _ = self.terminate();
+        }
     }
 }
 
