@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::crypto::{hex, random_bytes, sha256};
-use crate::emulator::{Emulator, IamStandIn, TokenBook, DEMO_IMAGES};
+use crate::emulator::{Emulator, IamStandIn, TokenBook, DEMO_IMAGES, DEMO_SHARES};
 
 /// The shipped policy directory, built into the binary so `dev` needs no checkout.
 const POLICY_FILES: [(&str, &str); 8] = [
@@ -95,7 +95,7 @@ async fn run_in(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<(),
         async move { iam.answer(request).await }
     })
     .await?;
-    let emulator = Arc::new(Emulator::new(tokens, &DEMO_IMAGES));
+    let emulator = Arc::new(Emulator::new(tokens, &DEMO_IMAGES).with_shares(&DEMO_SHARES));
     let emulator_addr = spawn_stand_in("the SWR emulator", move |request| {
         let emulator = emulator.clone();
         async move { emulator.answer(request).await }
@@ -174,11 +174,18 @@ fn banner(
     audit: &Path,
 ) -> String {
     let images = DEMO_IMAGES.join(", ");
+    let shares: Vec<String> = DEMO_SHARES
+        .iter()
+        .map(|(image, account)| format!("{image} shared with {account}"))
+        .collect();
+    let shares = shares.join(", ");
+    let deadline = share_deadline();
     let audit = audit.display();
     format!(
         r#"swr-gate dev: the gateway on http://{addr}, in front of a built-in SWR emulator on http://{emulator}
-(images {images}; permissions and shares kept in memory) that accepts only tokens from a
-built-in IAM stand-in, which the gateway logs in to and renews. Ctrl-C stops it.
+(images {images}; {shares}; permissions and shares kept in memory)
+that accepts only tokens from a built-in IAM stand-in, which the gateway logs in to and
+renews. Ctrl-C stops it.
 
 Demo credentials
   API key (client demo-ci):        {api_key}
@@ -191,23 +198,43 @@ curl -i -X POST http://{addr}/v2/manage/namespaces/team-a/repos/app/access \
   -H 'X-Api-Key: {api_key}' -H 'Content-Type: application/json' \
   -d '[{{"user_id":"{DEMO_USER}","user_name":"user01","auth":3}}]'
 
-The same with the official Python SDK (pip install huaweicloudsdkswr):
+Grant user01 read access to team-a/group/app, then update its share with partner-a, with
+the official Python SDK (pip install huaweicloudsdkswr):
 
 python3 - <<'PY'
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkswr.v2 import SwrClient, CreateUserRepositoryAuthRequest, UserAuth
+from huaweicloudsdkswr.v2 import (SwrClient, CreateUserRepositoryAuthRequest, UserAuth,
+                                  UpdateRepoDomainsRequest, UpdateRepoDomainsRequestBody)
 client = SwrClient.new_builder() \
     .with_credentials(BasicCredentials("{access_key}", "{secret_key}", "{DEMO_PROJECT}")) \
     .with_endpoints(["http://{addr}"]).build()
 print(client.create_user_repository_auth(CreateUserRepositoryAuthRequest(
     namespace="team-a", repository="group/app",
     body=[UserAuth(user_id="{DEMO_USER}", user_name="user01", auth=1)])))
+print(client.update_repo_domains(UpdateRepoDomainsRequest(
+    namespace="team-a", repository="group/app", access_domain="partner-a",
+    body=UpdateRepoDomainsRequestBody(permit="read", deadline="{deadline}",
+                                      description="release candidates for the partner"))))
 PY
 
 The shipped policies decide (policies/*.cedar): demo-ci and demo-sdk are in group
 team-a-ci, which grants read (1) and write (3) on team-a; demo-sdk is also in release,
 which shares images with the listed partner accounts for at most 90 days. Send the curl
-example with "auth":7 to see a policy refusal naming the rule that decided it.
+example with "auth":7, or share with deadline="forever", to see a policy refusal naming
+the rule that decided it.
 "#
     )
+}
+
+/// The printed share's deadline: midnight UTC 30 days ahead, well inside the 90 days the
+/// shipped policies allow.
+fn share_deadline() -> String {
+    const DAY: u64 = 24 * 3600;
+    let today = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        / DAY;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs((today + 30) * DAY))
+        .to_string()
 }

@@ -19,6 +19,14 @@ use crate::crypto::{hex, random_bytes};
 /// Images that exist from the start, as `namespace/repository`.
 pub const DEMO_IMAGES: [&str; 3] = ["team-a/app", "team-a/group/app", "team-b/tool"];
 
+/// Shares that exist from the start, as (`namespace/repository`, account). SWR's
+/// update_repo_domains changes an existing share, and create_repo_domains, which makes
+/// one, is no guarded operation, so through the gateway there would be none to change.
+pub const DEMO_SHARES: [(&str, &str); 1] = [("team-a/group/app", "partner-a")];
+
+/// How long a share made by [`Emulator::with_shares`] lasts.
+const SHARE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
 #[derive(Default)]
 struct Image {
     /// user_id → (user_name, auth)
@@ -113,6 +121,27 @@ impl Emulator {
             tokens,
             images: Mutex::new(images),
         }
+    }
+
+    /// Share each image with an account for read until 30 days from now, as
+    /// create_repo_domains would have; an image not there yet is made.
+    pub fn with_shares(mut self, shares: &[(&str, &str)]) -> Emulator {
+        let deadline = humantime::format_rfc3339_millis(SystemTime::now() + SHARE_LIFETIME);
+        let images = self.images.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (image, domain) in shares {
+            let share = json!({
+                "access_domain": domain,
+                "permit": "read",
+                "deadline": deadline.to_string(),
+                "description": "shared when the emulator started",
+            });
+            images
+                .entry(image.to_string())
+                .or_default()
+                .shares
+                .insert(domain.to_string(), share);
+        }
+        self
     }
 
     pub async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {

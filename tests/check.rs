@@ -6,9 +6,14 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(config: &Path) -> (bool, String) {
+    swr_gate(&["check", "--config", config.to_str().unwrap()], &[])
+}
+
+/// Run `swr-gate ARGS` with `env` added; success and stdout + stderr.
+fn swr_gate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
-        .args(["check", "--config"])
-        .arg(config)
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -56,6 +61,97 @@ fn the_shipped_example_configs_pass() {
         !ok && output.contains("/etc/swr-gate/tls/server.crt"),
         "a missing certificate is reported: {output}"
     );
+}
+
+/// The TOML of `gate.toml: |` in the Kubernetes example's ConfigMap: the block's lines,
+/// indented by four spaces as the example writes them, less the indentation.
+fn configmap_toml(yaml: &str) -> String {
+    let block = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "gate.toml: |")
+        .skip(1);
+    let mut toml = String::new();
+    for line in block.take_while(|l| l.is_empty() || l.starts_with("    ")) {
+        toml.push_str(line.get(4..).unwrap_or(""));
+        toml.push('\n');
+    }
+    toml
+}
+
+/// The Kubernetes example passes `check` with the shipped policies, and its app's client
+/// may grant and share with them: a sidecar config that only refuses is no example.
+#[test]
+fn the_kubernetes_example_passes_and_its_app_may_grant_and_share() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubernetes/sidecar.yaml");
+    let toml = configmap_toml(&std::fs::read_to_string(shipped).unwrap());
+
+    // What the pod mounts: the Secret's files, and the image's policies.
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("iam-token"), common::TOKEN).unwrap();
+    std::fs::write(secrets.join("release-bot-sk"), "an-sk-from-keygen").unwrap();
+    let toml = toml
+        .replace("/run/secrets/swr-gate", secrets.to_str().unwrap())
+        .replace(
+            "/etc/swr-gate/policies",
+            common::policy_dir().to_str().unwrap(),
+        );
+    let config = dir.path().join("gate.toml");
+    std::fs::write(&config, toml).unwrap();
+    let config = config.to_str().unwrap();
+    let env = [("SWR_GATE_AUDIT_KEY", "an-audit-key")];
+    let (ok, output) = swr_gate(&["check", "--config", config], &env);
+    assert!(ok, "sidecar.yaml's gate.toml: {output}");
+
+    let grant = dir.path().join("grant.json");
+    std::fs::write(&grant, common::grants(3)).unwrap();
+    let deadline = humantime::format_rfc3339_millis(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(30 * 24 * 3600),
+    );
+    let share = dir.path().join("share.json");
+    std::fs::write(
+        &share,
+        format!(
+            r#"{{"permit":"read","deadline":"{deadline}","description":"release candidates"}}"#
+        ),
+    )
+    .unwrap();
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v2/manage/namespaces/team-a/repos/app/access",
+            &grant,
+        ),
+        (
+            "PATCH",
+            "/v2/manage/namespaces/team-a/repositories/group$app/access-domains/partner-a",
+            &share,
+        ),
+    ] {
+        let (ok, output) = swr_gate(
+            &[
+                "eval",
+                "--config",
+                config,
+                "--client",
+                "release-bot",
+                "--auth-method",
+                "aksk",
+                "--method",
+                method,
+                "--path",
+                path,
+                "--body",
+                body.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert!(
+            ok && output.contains("forwarded to SWR"),
+            "{method} {path}: {output}"
+        );
+    }
 }
 
 #[test]
