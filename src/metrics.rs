@@ -132,7 +132,12 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let rate_limited = Family::default();
         let auth_failures = Family::default();
-        let config_reloads = Family::default();
+        let config_reloads: Family<ResultLabel, Counter> = Family::default();
+        // Both series from the start, so an alert on errors has a series before the
+        // first reload.
+        for result in ["ok", "error"] {
+            let _ = config_reloads.get_or_create(&ResultLabel { result });
+        }
         registry.register(
             "requests",
             "Requests by operation, decision and status",

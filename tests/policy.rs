@@ -425,20 +425,19 @@ fn eval_prints_the_whole_decision_and_exits_by_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &policy_dir());
     let body = dir.path().join("body.json");
-    std::fs::write(&body, sharing("forever", Some("partner build"))).unwrap();
-    let (code, output) = policy_command(
-        &[
-            "eval",
-            "--client",
-            "release-tool",
-            "--method",
-            "PATCH",
-            "--path",
-            SHARE,
-            "--body",
-            body.to_str().unwrap(),
-        ],
-        &config,
+    let eval = |client: &str, method: &str, path: &str, text: &str| {
+        std::fs::write(&body, text).unwrap();
+        let body = body.to_str().unwrap();
+        let args = [
+            "eval", "--client", client, "--method", method, "--path", path, "--body", body,
+        ];
+        policy_command(&args, &config)
+    };
+    let (code, output) = eval(
+        "release-tool",
+        "PATCH",
+        SHARE,
+        &sharing("forever", Some("partner build")),
     );
     assert_eq!(code, 1, "{output}");
     for expected in [
@@ -454,38 +453,20 @@ fn eval_prints_the_whole_decision_and_exits_by_it() {
         assert!(output.contains(expected), "{expected:?} in\n{output}");
     }
 
-    std::fs::write(&body, sharing("2020-01-01T00:00:00Z", Some("old"))).unwrap();
-    let (code, output) = policy_command(
-        &[
-            "eval",
-            "--client",
-            "release-tool",
-            "--method",
-            "PATCH",
-            "--path",
-            SHARE,
-            "--body",
-            body.to_str().unwrap(),
-        ],
-        &config,
+    let (code, output) = eval(
+        "release-tool",
+        "PATCH",
+        SHARE,
+        &sharing("2020-01-01T00:00:00Z", Some("old")),
     );
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("answer    forwarded to SWR"), "{output}");
 
-    std::fs::write(&body, r#"[{"user_id":"nope","user_name":"u","auth":2}]"#).unwrap();
-    let (code, output) = policy_command(
-        &[
-            "eval",
-            "--client",
-            "ci-bot",
-            "--method",
-            "POST",
-            "--path",
-            CREATE,
-            "--body",
-            body.to_str().unwrap(),
-        ],
-        &config,
+    let (code, output) = eval(
+        "ci-bot",
+        "POST",
+        CREATE,
+        r#"[{"user_id":"nope","user_name":"u","auth":2}]"#,
     );
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("schema    2 violation(s)"), "{output}");
@@ -493,21 +474,7 @@ fn eval_prints_the_whole_decision_and_exits_by_it() {
 
     // A valid body past max_body_bytes is refused as serve refuses it.
     let padded = format!("{}{}", " ".repeat(70_000), grants(1));
-    std::fs::write(&body, padded).unwrap();
-    let (code, output) = policy_command(
-        &[
-            "eval",
-            "--client",
-            "ci-bot",
-            "--method",
-            "POST",
-            "--path",
-            CREATE,
-            "--body",
-            body.to_str().unwrap(),
-        ],
-        &config,
-    );
+    let (code, output) = eval("ci-bot", "POST", CREATE, &padded);
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("SWR.GATE.4130001"), "{output}");
 
