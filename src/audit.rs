@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -25,6 +25,14 @@ use crate::crypto::{constant_time_eq, hex, sha256};
 
 /// What precedes a record's hash, the last field of every sealed record.
 const HASH_MARK: &[u8] = b",\"hash\":\"";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    Writable,
+    Unwritable,
+    /// Only a write can tell (stdout, a device).
+    CannotTell,
+}
 
 /// The `prev` of the first record of a new trail.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -151,9 +159,11 @@ impl Chain {
     }
 
     /// Whether a line is the start of a record that was never finished: it begins as a
-    /// record does and lacks the `"hash"` every sealed record ends with.
+    /// record does and its JSON stops short. A whole object without a hash is not torn:
+    /// it was written as it is, and breaks the chain.
     pub fn is_torn(line: &[u8]) -> bool {
-        line.starts_with(b"{\"ts\":\"") && Self::hash_at_end(line).is_none()
+        line.starts_with(b"{\"ts\":\"")
+            && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err_and(|e| e.is_eof())
     }
 
     /// Where the record's `,"hash":"…"}` starts, if it ends with one.
@@ -223,11 +233,11 @@ impl AuditLog {
         let chain = Chain::new(key);
         let mut sink = Sink::open(&path)?;
         let mut prev = sink.last_hash(&chain)?;
-        if prev == GENESIS {
-            if let Some(head) = read_head(&path) {
-                tracing::info!(path = %path.display(), head, "the audit file has no records: the chain goes on from where the last run left it (rotated while stopped?)");
-                prev = head;
-            }
+        // Read once: after this start it would be stale (a crash writes no new one).
+        let head = take_head(&path);
+        if let (true, Some(head)) = (prev == GENESIS, head) {
+            tracing::info!(path = %path.display(), head, "the audit file has no records: the chain goes on from where the last run left it (rotated while stopped?)");
+            prev = head;
         }
         let health = Arc::new(Health {
             writable: AtomicBool::new(true),
@@ -328,6 +338,7 @@ impl AuditLog {
             }
             Err(_) => {
                 self.health.failures.fetch_add(records, Ordering::Relaxed);
+                writer.last_writable_check = Instant::now();
             }
         }
         outcome
@@ -348,17 +359,37 @@ impl AuditLog {
     /// this: a gateway taken out of service for an unwritable trail gets no request whose
     /// write could tell it that the disk has room again.
     pub fn is_writable(&self) -> bool {
-        if self.health.writable.load(Ordering::Relaxed) {
-            return true;
-        }
-        let mut writer = self.lock();
+        self.health.writable.load(Ordering::Relaxed) || self.look() == Look::Writable
+    }
+
+    /// Whether a request recorded only once SWR answered (a forward) may go. While
+    /// records fail it waits for the trail to take them again; on a sink no probe can
+    /// judge (stdout, a device) one request a second goes, and its record tells.
+    pub fn may_forward(&self) -> bool {
+        self.health.writable.load(Ordering::Relaxed)
+            || matches!(self.look(), Look::Writable | Look::CannotTell)
+    }
+
+    /// A look at an unwritable trail, at most once a second, never waiting behind a
+    /// write stuck on the disk (busy counts as not yet).
+    fn look(&self) -> Look {
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Look::Unwritable,
+        };
         if writer.last_writable_check.elapsed() < WRITABLE_CHECK {
-            return false;
+            return Look::Unwritable;
         }
         writer.last_writable_check = Instant::now();
-        let writable = writer.sink.probe().is_ok();
-        self.health.writable.store(writable, Ordering::Relaxed);
-        writable
+        match writer.sink.probe() {
+            Ok(()) => {
+                self.health.writable.store(true, Ordering::Relaxed);
+                Look::Writable
+            }
+            Err(error) if error.kind() == io::ErrorKind::Unsupported => Look::CannotTell,
+            Err(_) => Look::Unwritable,
+        }
     }
 
     /// Everything written so far, synced to disk (shutdown), and where the chain ends
@@ -448,8 +479,11 @@ fn write_head(path: &Path, hash: &str) -> io::Result<()> {
     std::fs::rename(&fresh, &head)
 }
 
-fn read_head(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(head_path(path)).ok()?;
+/// The hash the last clean shutdown left, removing its file.
+fn take_head(path: &Path) -> Option<String> {
+    let head = head_path(path);
+    let text = std::fs::read_to_string(&head).ok()?;
+    let _ = std::fs::remove_file(&head);
     let hash = text.trim();
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) && hash != GENESIS)
         .then(|| hash.to_owned())
@@ -609,11 +643,13 @@ impl Sink {
         if let Sink::Unopened { .. } = self {
             self.reopen()?;
         }
+        let only_a_write_can_tell =
+            || io::Error::new(io::ErrorKind::Unsupported, "only a write can tell");
         let Sink::File { file, path } = self else {
-            return Err(io::Error::other("only a write can tell"));
+            return Err(only_a_write_can_tell());
         };
         if !file.metadata()?.is_file() {
-            return Err(io::Error::other("only a write can tell"));
+            return Err(only_a_write_can_tell());
         }
         let mut name = std::ffi::OsString::from(".");
         name.push(path.file_name().unwrap_or_default());

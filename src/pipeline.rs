@@ -241,7 +241,7 @@ async fn process(
             decide(snapshot, exchange, policy::FORWARD, None)?;
             // A forward has no record before it goes, only after: under on_failure =
             // "reject" it does not go while the trail is known not to take records.
-            if snapshot.config.audit.on_failure == OnFailure::Reject && !gate.audit.is_writable() {
+            if snapshot.config.audit.on_failure == OnFailure::Reject && !gate.audit.may_forward() {
                 return Err(GateError::new(
                     ErrorKind::AuditUnavailable,
                     "the audit log cannot be written",

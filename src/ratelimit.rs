@@ -296,7 +296,7 @@ impl Limit {
         match self.spec.key {
             LimitKey::Client => client.to_owned(),
             LimitKey::ClientOperation => format!("{client}\u{0}{operation}"),
-            LimitKey::ClientIp => client_ip.to_string(),
+            LimitKey::ClientIp => crate::auth::address_block(client_ip).to_string(),
             LimitKey::Global => String::new(),
         }
     }

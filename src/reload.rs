@@ -82,9 +82,9 @@ impl Reloader {
         }
     }
 
-    /// What loading reads, and no more: the config file, the policy directory's own
-    /// entries (`routes.toml`, `*.cedar`, `swr.cedarschema`) and the schema files its
-    /// routes name. Never a walk of the tree, which a symlink loop would make endless.
+    /// The config file, the policy directory's own entries (among them `routes.toml`,
+    /// `*.cedar`, `swr.cedarschema`) and the schema files its routes name: what loading
+    /// reads, and no deeper. Never a walk of the tree, which a symlink loop makes endless.
     fn stamp(&self, gate: &Gate) -> Stamp {
         let snapshot = gate.snapshot.load();
         let policy_dir = snapshot.config.resolve(&snapshot.config.policy.dir);

@@ -193,6 +193,20 @@ fn editing_deleting_swapping_or_truncating_records_is_caught() {
                 .collect(),
             ":5: its prev is not",
         ),
+        (
+            "insert a whole record without a hash",
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| match i {
+                    3 => format!(
+                        "{{\"ts\":\"2026-11-23T18:00:00.000Z\",\"client\":\"forged\"}}\n{l}\n"
+                    ),
+                    _ => format!("{l}\n"),
+                })
+                .collect(),
+            ":4: not a complete record",
+        ),
     ];
     for (what, text, expected) in cases {
         std::fs::write(&tampered, text).unwrap();

@@ -105,7 +105,7 @@ pub fn configured_subject(text: &str) -> Result<String, String> {
         let (kind, value) = attribute
             .split_once('=')
             .ok_or_else(|| format!("tls_subject {text:?}: {attribute:?} is not TYPE=value"))?;
-        let kind = kind.trim();
+        let kind = kind.trim_matches(' ');
         if kind.is_empty()
             || !kind
                 .chars()
@@ -115,7 +115,7 @@ pub fn configured_subject(text: &str) -> Result<String, String> {
                 "tls_subject {text:?}: {kind:?} is not an attribute type"
             ));
         }
-        let value = unescape(value.trim_start(), text)?;
+        let value = unescape(value.trim_start_matches(' '), text)?;
         push_attribute(&mut subject, kind, &value);
         match separator {
             Some(separator) => {
@@ -176,9 +176,19 @@ fn split_unescaped<'a>(
     Ok((trim_end_unescaped(text), None, ""))
 }
 
+/// Trailing spaces, but not one a backslash escapes: an odd run of backslashes before
+/// it (`a\ ` keeps its space, `a\\ ` is `a\` and a layout space).
 fn trim_end_unescaped(part: &str) -> &str {
     let mut end = part.len();
-    while part[..end].ends_with(' ') && !part[..end - 1].ends_with('\\') {
+    while part[..end].ends_with(' ') {
+        let backslashes = part[..end - 1]
+            .bytes()
+            .rev()
+            .take_while(|b| *b == b'\\')
+            .count();
+        if backslashes % 2 == 1 {
+            break;
+        }
         end -= 1;
     }
     &part[..end]
@@ -198,6 +208,7 @@ fn unescape(value: &str, whole: &str) -> Result<String, String> {
         }
         let hex_pair = rest
             .get(..2)
+            .filter(|pair| pair.iter().all(u8::is_ascii_hexdigit))
             .and_then(|pair| std::str::from_utf8(pair).ok())
             .and_then(|pair| u8::from_str_radix(pair, 16).ok());
         match (hex_pair, rest.first()) {
@@ -231,6 +242,8 @@ mod tests {
             ("CN=a+UID=b", "CN=a+UID=b"),
             ("emailAddress=a@b.example", "EMAIL=a@b.example"),
             (r"CN=caf\C3\A9", "CN=café"),
+            (r"CN=a\\ ,O=x", r"CN=a\\,O=x"),
+            (r"O=R\+D", r"O=R\+D"),
         ] {
             assert_eq!(
                 configured_subject(configured).as_deref(),
@@ -238,7 +251,15 @@ mod tests {
                 "{configured}"
             );
         }
-        for bad in ["CN", "=x", r"CN=a\", r"CN=a\q", "C N=x", r"CN=\FF"] {
+        for bad in [
+            "CN",
+            "=x",
+            r"CN=a\",
+            r"CN=a\q",
+            "C N=x",
+            r"CN=\FF",
+            "\u{A0}CN=x",
+        ] {
             assert!(configured_subject(bad).is_err(), "{bad}");
         }
     }

@@ -65,9 +65,9 @@ impl FailureLimiter {
     }
 }
 
-/// Whom a failure is counted against: an IPv4 address, or an IPv6 /64, the block one
-/// subscriber gets and can pick addresses from at will.
-fn address_block(ip: IpAddr) -> IpAddr {
+/// Whom a failure or a per-address limit is counted against: an IPv4 address, or an
+/// IPv6 /64, the block one subscriber gets and can pick addresses from at will.
+pub fn address_block(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -15,7 +15,7 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 pub use certificate::{PeerCertificate, San};
-pub use failures::FailureLimiter;
+pub use failures::{address_block, FailureLimiter};
 pub use replay::{ReplayGuard, SignatureUse};
 
 use crate::config::Config;
@@ -52,6 +52,7 @@ pub struct Identity {
 /// Who is calling; for an AK/SK signature, also the signature, still to be spent with
 /// the [`ReplayGuard`] (which may have to ask a Redis, so it is not done here).
 #[derive(Debug)]
+#[must_use = "an AK/SK signature must be spent with the ReplayGuard before the identity is used"]
 pub struct Authenticated {
     pub identity: Identity,
     pub signature: Option<SignatureUse>,

@@ -78,9 +78,10 @@ impl ReplayGuard {
         let number = seen.number_of(&used.client);
         if seen.remembered[number as usize] >= CAPACITY / used.signing_clients.max(1) {
             return Err(GateError::new(
-                ErrorKind::Replay,
-                "this client signed too many requests in the last 15 minutes to rule out a replay; retry shortly",
-            ));
+                ErrorKind::RateLimited,
+                "this client signed more requests in the last 15 minutes than can be remembered to rule out replays; retry later",
+            )
+            .with_retry_after(60));
         }
         seen.signatures.insert(fingerprint);
         seen.expiries
@@ -113,11 +114,15 @@ impl Seen {
     }
 }
 
+/// Past a signature's window, how much longer Redis keeps it: the second the window's
+/// end is counted in, and replicas whose clocks run behind the one that spent it.
+const SHARED_MARGIN_SECS: u64 = 60;
+
 /// `SET NX` with the signature's remaining time: the one replica whose SET lands
-/// spends it, and Redis forgets it when it could no longer be accepted anyway.
+/// spends it, and Redis forgets it when no replica could accept it any more.
 async fn first_use_shared(link: &RedisLink, used: &SignatureUse) -> Result<(), GateError> {
     let key = format!("swr-gate:replay:{}", hex(&fingerprint(&used.signature)));
-    let ttl_ms = used.expires_at.saturating_sub(used.now).max(1) * 1000;
+    let ttl_ms = (used.expires_at.saturating_sub(used.now) + 1 + SHARED_MARGIN_SECS) * 1000;
     let spend = async {
         let mut connection = link.connection().await?;
         redis::cmd("SET")
@@ -208,7 +213,7 @@ mod tests {
             seen.remembered[number as usize] = CAPACITY / 4;
         }
         let refused = guard.first_use_here(&spend("flood", 4, 1, 100, 10));
-        assert_eq!(refused.unwrap_err().kind, ErrorKind::Replay);
+        assert_eq!(refused.unwrap_err().kind, ErrorKind::RateLimited);
         assert!(guard.first_use_here(&spend("other", 4, 2, 100, 10)).is_ok());
     }
 }
