@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -40,6 +40,10 @@ use crate::workers::Workers;
 
 /// Largest request head (request line plus headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Requests one connection may have in progress: HTTP/2's concurrent streams, and the
+/// requests still running after their client reset their streams.
+const MAX_REQUESTS_PER_CONNECTION: usize = 256;
 
 /// Run the gateway until SIGTERM or SIGINT, then drain and return.
 pub async fn serve(config_path: &Path) -> Result<(), String> {
@@ -274,20 +278,30 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(MAX_REQUESTS_PER_CONNECTION as u32);
     let peer = Arc::new(peer);
     let activity = Arc::new(Activity::new());
+    // A request runs on a task of its own, which the client hanging up does not cancel,
+    // so that what reached SWR is seen through and recorded. A reset stream frees its
+    // place among HTTP/2's concurrent streams while its task runs on; without this
+    // count, a client that resets every stream it opens (CVE-2023-44487, "rapid reset")
+    // could have any number of requests going to SWR over one connection.
+    let in_progress = Arc::new(Semaphore::new(MAX_REQUESTS_PER_CONNECTION));
     let service = {
         let activity = activity.clone();
         service_fn(move |request| {
             let (gate, peer, held) = (gate.clone(), peer.clone(), open.clone());
+            let in_progress = in_progress.clone();
             let busy = Busy::start(activity.clone());
-            // A task of its own, which the client hanging up does not cancel.
-            let handling = tokio::spawn(async move {
-                let _in_flight = held;
-                pipeline::handle(gate, peer, request).await
-            });
             async move {
+                // The semaphore is never closed. A stream reset while it waits here has
+                // started nothing.
+                let place = in_progress.acquire_owned().await.ok();
+                let handling = tokio::spawn(async move {
+                    let _place = place;
+                    let _in_flight = held;
+                    pipeline::handle(gate, peer, request).await
+                });
                 let response = handling.await.unwrap_or_else(pipeline::failed);
                 Ok::<_, std::convert::Infallible>(
                     response.map(|body| Tracked { body, _busy: busy }),

@@ -1,4 +1,5 @@
-//! Slow and oversized clients are cut off with an answer, not left to hold a connection.
+//! Slow and oversized clients are cut off with an answer, not left to hold a connection;
+//! a client resetting its HTTP/2 streams cannot start more requests than a connection may have.
 
 mod common;
 
@@ -210,4 +211,39 @@ fn a_request_in_progress_is_not_taken_for_idleness() {
         assert_eq!(response.status(), 201);
     });
     assert_eq!(swr.received().len(), 1);
+}
+
+#[test]
+fn reset_http2_streams_still_count_against_the_connection_limit() {
+    let swr = StandInSwr::start();
+    swr.set(Behaviour::Slow(Duration::from_secs(5)));
+    let gate = Gateway::start_with(&swr.url(), "", |config| {
+        *config = config.replace("\ntimeout = \"2s\"", "\ntimeout = \"10s\"");
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (sender, _driver) = h2_connect(gate.addr).await;
+        // Rapid reset: open streams, give the gateway time to start on them, cancel them
+        // (RST_STREAM), and open more in their place.
+        for _ in 0..3 {
+            let batch: Vec<_> = (0..200)
+                .map(|_| {
+                    let mut sender = sender.clone();
+                    tokio::spawn(async move {
+                        let _ = sender
+                            .send_request(h2_request("POST", CREATE, &grants(1)))
+                            .await;
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            batch.iter().for_each(|request| request.abort());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    let reached = swr.received().len();
+    assert!(
+        (200..=256).contains(&reached),
+        "{reached} requests reached SWR over one connection that allows 256"
+    );
 }
