@@ -387,6 +387,13 @@ pub struct ClientBody {
     limit: Duration,
     /// Dropped once the body has been sent whole or has failed; see [`BodySent`].
     sending: Option<oneshot::Sender<()>>,
+    /// Bytes of the declared `Content-Length` not received yet.
+    declared_left: Option<u64>,
+    /// The frame that completes the declared length, held back until the client's body
+    /// is seen to end there. SWR counts by `Content-Length`: given the frame at once, it
+    /// would take the request as whole even when HTTP/2 DATA past the length follows,
+    /// which makes the request malformed and the client's stream reset.
+    last: Option<Frame<Bytes>>,
 }
 
 impl ClientBody {
@@ -400,10 +407,12 @@ impl ClientBody {
         let deadline = tokio::time::sleep(limit);
         let by = deadline.deadline();
         let body = ClientBody {
+            declared_left: body.size_hint().exact(),
             body,
             deadline: Box::pin(deadline),
             limit,
             sending: Some(sending),
+            last: None,
         };
         (body.boxed(), Some(BodySent { done, by }))
     }
@@ -418,23 +427,42 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Some(Ok(frame)),
-            Poll::Ready(Some(Err(error))) => Some(Err(ClientBodyError::Cut(error).into())),
-            Poll::Ready(None) => None,
-            Poll::Pending => {
-                ready!(this.deadline.as_mut().poll(cx));
-                Some(Err(ClientBodyError::TimedOut(this.limit).into()))
+        let frame = loop {
+            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(error))) => {
+                    break Some(Err(ClientBodyError::Cut(error).into()))
+                }
+                Poll::Ready(None) => break this.last.take().map(Ok),
+                Poll::Pending => {
+                    ready!(this.deadline.as_mut().poll(cx));
+                    break Some(Err(ClientBodyError::TimedOut(this.limit).into()));
+                }
+            };
+            let data = frame.data_ref().map_or(0, |data| data.len() as u64);
+            if this.last.is_some() {
+                if data > 0 {
+                    break Some(Err(ClientBodyError::Overlong.into()));
+                }
+                continue;
             }
+            if let Some(left) = &mut this.declared_left {
+                *left = left.saturating_sub(data);
+                if *left == 0 && data > 0 && !this.body.is_end_stream() {
+                    this.last = Some(frame);
+                    continue;
+                }
+            }
+            break Some(Ok(frame));
         };
-        if !matches!(frame, Some(Ok(_))) || this.body.is_end_stream() {
-            this.sending = None;
+        if !matches!(frame, Some(Ok(_))) || self.is_end_stream() {
+            self.sending = None;
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.last.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -461,6 +489,8 @@ impl BodySent {
 pub enum ClientBodyError {
     TimedOut(Duration),
     Cut(hyper::Error),
+    /// More than its `Content-Length`.
+    Overlong,
 }
 
 impl ClientBodyError {
@@ -473,6 +503,10 @@ impl ClientBodyError {
             ClientBodyError::Cut(_) => GateError::new(
                 ErrorKind::MalformedJson,
                 "the request body ended before it was complete",
+            ),
+            ClientBodyError::Overlong => GateError::new(
+                ErrorKind::MalformedJson,
+                "the request body is longer than its Content-Length",
             ),
         }
     }
@@ -487,6 +521,9 @@ impl std::fmt::Display for ClientBodyError {
                 humantime::format_duration(*limit)
             ),
             ClientBodyError::Cut(_) => f.write_str("the client cut its request body off"),
+            ClientBodyError::Overlong => {
+                f.write_str("the client sent more body than its Content-Length")
+            }
         }
     }
 }
@@ -494,7 +531,7 @@ impl std::fmt::Display for ClientBodyError {
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ClientBodyError::TimedOut(_) => None,
+            ClientBodyError::TimedOut(_) | ClientBodyError::Overlong => None,
             ClientBodyError::Cut(error) => Some(error),
         }
     }

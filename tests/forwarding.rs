@@ -471,3 +471,54 @@ fn a_forwarded_body_is_the_clients_fault_when_it_stalls_or_is_cut_off() {
     assert_eq!(completed["denied_by"], "body");
     assert_eq!(completed["reasons"][0]["code"], "SWR.GATE.4000003");
 }
+
+/// A request body sent as the given DATA frames, whatever its headers declare.
+struct Frames(std::collections::VecDeque<bytes::Bytes>);
+
+impl hyper::body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|data| Ok(hyper::body::Frame::data(data))),
+        )
+    }
+}
+
+#[test]
+fn an_http2_body_longer_than_its_content_length_is_not_forwarded_whole() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start_with(&swr.url(), "", forward_unmatched);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/v2/manage/namespaces", gate.addr))
+            .header("x-api-key", API_KEY)
+            .header("x-request-id", "overlong")
+            .header("content-length", "3")
+            .body(Frames(["abc", "def"].map(bytes::Bytes::from).into()))
+            .unwrap();
+        let _ = sender.send_request(request).await;
+    });
+    let completed = record_of(&gate, "overlong", "completed");
+    assert_eq!(completed["denied_by"], "body", "{completed}");
+    assert!(
+        swr.received().iter().all(|request| request.body.is_empty()),
+        "SWR took the first 3 bytes as the whole request"
+    );
+}
