@@ -214,7 +214,7 @@ async fn serve_connection(
                 addr,
                 certificate: None,
             };
-            serve_http(TokioIo::new(stream), peer, gate, limits, stop, open).await
+            serve_http(TokioIo::new(stream), peer, None, gate, limits, stop, open).await
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -238,8 +238,22 @@ async fn serve_connection(
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| PeerCertificate::from_der(leaf))
                 .map(Arc::new);
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Some(Protocol::Http2),
+                Some(b"http/1.1") => Some(Protocol::Http1),
+                _ => None,
+            };
             let peer = Peer { addr, certificate };
-            serve_http(TokioIo::new(stream), peer, gate, limits, stop, open).await
+            serve_http(
+                TokioIo::new(stream),
+                peer,
+                protocol,
+                gate,
+                limits,
+                stop,
+                open,
+            )
+            .await
         }
     };
     if let Err(error) = result {
@@ -247,7 +261,15 @@ async fn serve_connection(
     }
 }
 
-/// HTTP/1.1 or HTTP/2 (whichever the client speaks) on one connection, every request
+/// The protocol ALPN settled on under TLS. Without one (plain TCP, or a TLS client that
+/// offered none), the client's first bytes tell: the HTTP/2 preface or not.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// HTTP/1.1 or HTTP/2 (whichever the client speaks, or ALPN settled) on one connection, every request
 /// through the pipeline, until the client leaves, shutdown asks the connection to end,
 /// or it has had no request in progress for `header_timeout`.
 ///
@@ -260,6 +282,7 @@ async fn serve_connection(
 async fn serve_http<I>(
     io: I,
     peer: Peer,
+    protocol: Option<Protocol>,
     gate: Arc<Gate>,
     limits: ConnectionLimits,
     stop: watch::Receiver<bool>,
@@ -268,7 +291,11 @@ async fn serve_http<I>(
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = match protocol {
+        None => auto::Builder::new(TokioExecutor::new()),
+        Some(Protocol::Http1) => auto::Builder::new(TokioExecutor::new()).http1_only(),
+        Some(Protocol::Http2) => auto::Builder::new(TokioExecutor::new()).http2_only(),
+    };
     builder
         .http1()
         .timer(TokioTimer::new())

@@ -58,6 +58,17 @@ fn call(
     headers: &[(&str, &str)],
     alpn: &[&[u8]],
 ) -> Result<(http::Version, u16), String> {
+    call_speaking(setup, client_cert, headers, alpn, None)
+}
+
+/// [`call`], speaking HTTP/2 (`Some(true)`) or HTTP/1.1 (`Some(false)`) whatever ALPN agreed.
+fn call_speaking(
+    setup: &Setup,
+    client_cert: Option<(&Path, &Path)>,
+    headers: &[(&str, &str)],
+    alpn: &[&[u8]],
+    speak_h2: Option<bool>,
+) -> Result<(http::Version, u16), String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&setup.server_ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -96,7 +107,7 @@ fn call(
                 .connect(ServerName::try_from("localhost").unwrap(), tcp)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let h2 = speak_h2.unwrap_or(tls.get_ref().1.alpn_protocol() == Some(b"h2"));
             let mut request = http::Request::builder()
                 .method("PATCH")
                 .uri(format!("https://localhost:{}{SHARE}", addr.port()))
@@ -172,6 +183,29 @@ fn client_certificates_map_to_clients_by_subject_or_san_over_both_protocols() {
         ]
     );
     assert_eq!(setup.swr.received().len(), 4);
+}
+
+#[test]
+fn the_protocol_is_the_one_alpn_agreed() {
+    let setup = setup("optional");
+    let (cert, key) = setup.clients.issue("ops-admin", &["ops-admin.acme"]);
+    let admin = Some((cert.as_path(), key.as_path()));
+    assert!(call_speaking(&setup, admin, &[], &[b"h2"], Some(false)).is_err());
+    assert!(call_speaking(&setup, admin, &[], &[b"http/1.1"], Some(true)).is_err());
+    assert!(setup.swr.received().is_empty());
+    // A client that offers no protocol is served in whichever it speaks.
+    assert_eq!(
+        call_speaking(&setup, admin, &[], &[], Some(true))
+            .unwrap()
+            .1,
+        201
+    );
+    assert_eq!(
+        call_speaking(&setup, admin, &[], &[], Some(false))
+            .unwrap()
+            .1,
+        201
+    );
 }
 
 #[test]
