@@ -38,6 +38,10 @@ use crate::snapshot::Snapshot;
 use crate::upstream::BoxError;
 use crate::workers::Workers;
 
+mod client_socket;
+
+use client_socket::{ClientSocket, GiveUp};
+
 /// Largest request head (request line plus headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -80,6 +84,7 @@ pub async fn serve_then(
     let auth = config.auth.clone();
     let limits = ConnectionLimits {
         header_timeout: config.server.header_timeout,
+        answer_timeout: config.server.request_timeout,
     };
     let gate = Arc::new(Gate {
         snapshot: ArcSwap::from_pointee(snapshot),
@@ -197,6 +202,8 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 struct ConnectionLimits {
     /// Also how long a connection may stay open with no request in progress.
     header_timeout: Duration,
+    /// How long a client may take no part of an answer before it is disconnected.
+    answer_timeout: Duration,
 }
 
 async fn serve_connection(
@@ -208,13 +215,19 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
     open: watch::Receiver<()>,
 ) {
+    let (stream, give_up) = ClientSocket::new(stream);
     let result = match tls {
         None => {
             let peer = Peer {
                 addr,
                 certificate: None,
             };
-            serve_http(TokioIo::new(stream), peer, None, gate, limits, stop, open).await
+            let link = Link {
+                peer,
+                protocol: None,
+                give_up,
+            };
+            serve_http(TokioIo::new(stream), link, gate, limits, stop, open).await
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -243,22 +256,24 @@ async fn serve_connection(
                 Some(b"http/1.1") => Some(Protocol::Http1),
                 _ => None,
             };
-            let peer = Peer { addr, certificate };
-            serve_http(
-                TokioIo::new(stream),
-                peer,
+            let link = Link {
+                peer: Peer { addr, certificate },
                 protocol,
-                gate,
-                limits,
-                stop,
-                open,
-            )
-            .await
+                give_up,
+            };
+            serve_http(TokioIo::new(stream), link, gate, limits, stop, open).await
         }
     };
     if let Err(error) = result {
         tracing::debug!(peer = %addr, %error, "connection ended with an error");
     }
+}
+
+/// A connection's client, as far as serving it needs to know.
+struct Link {
+    peer: Peer,
+    protocol: Option<Protocol>,
+    give_up: GiveUp,
 }
 
 /// The protocol ALPN settled on under TLS. Without one (plain TCP, or a TLS client that
@@ -271,7 +286,8 @@ enum Protocol {
 
 /// HTTP/1.1 or HTTP/2 (whichever the client speaks, or ALPN settled) on one connection, every request
 /// through the pipeline, until the client leaves, shutdown asks the connection to end,
-/// or it has had no request in progress for `header_timeout`.
+/// or it has had no request in progress for `header_timeout`, or its client has taken
+/// no part of its answers for `answer_timeout`.
 ///
 /// hyper's `header_read_timeout` covers HTTP/1.1 only once the auto builder has seen a
 /// byte that is not the HTTP/2 preface, and HTTP/2 has no idle limit at all (its PINGs
@@ -279,10 +295,14 @@ enum Protocol {
 /// would be held forever. One timer per connection closes them: the first request must
 /// arrive within `header_timeout`, and a connection idle that long is shut down
 /// gracefully (GOAWAY on HTTP/2), then dropped if it is still idle `header_timeout` later.
+///
+/// A request is in progress until its answer has been sent, so a client that does not
+/// read (an HTTP/2 flow-control window left at zero, or HTTP/1.1 requests pipelined
+/// while the answers fill the socket) would hold the connection forever; the same timer
+/// drops the connection once no answer has moved for `answer_timeout`.
 async fn serve_http<I>(
     io: I,
-    peer: Peer,
-    protocol: Option<Protocol>,
+    link: Link,
     gate: Arc<Gate>,
     limits: ConnectionLimits,
     stop: watch::Receiver<bool>,
@@ -291,6 +311,11 @@ async fn serve_http<I>(
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let Link {
+        peer,
+        protocol,
+        give_up,
+    } = link;
     let mut builder = match protocol {
         None => auto::Builder::new(TokioExecutor::new()),
         Some(Protocol::Http1) => auto::Builder::new(TokioExecutor::new()).http1_only(),
@@ -306,6 +331,7 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(MAX_REQUESTS_PER_CONNECTION as u32);
+    let client = peer.addr;
     let peer = Arc::new(peer);
     let activity = Arc::new(Activity::new());
     // A request runs on a task of its own, which the client hanging up does not cancel,
@@ -320,19 +346,30 @@ where
             let (gate, peer, held) = (gate.clone(), peer.clone(), open.clone());
             let in_progress = in_progress.clone();
             let busy = Busy::start(activity.clone());
+            // HTTP/1.1: hyper does not begin on a request while the client has not taken
+            // the answer before it.
+            let waiting = Unread::new(activity.clone());
             async move {
+                drop(waiting);
                 // The semaphore is never closed. A stream reset while it waits here has
                 // started nothing.
                 let place = in_progress.acquire_owned().await.ok();
+                let activity = busy.0.clone();
                 let handling = tokio::spawn(async move {
                     let _place = place;
                     let _in_flight = held;
-                    pipeline::handle(gate, peer, request).await
+                    let response = pipeline::handle(gate, peer, request).await;
+                    // Hyper takes it once the client has taken what went before.
+                    (response, Unread::new(activity))
                 });
-                let response = handling.await.unwrap_or_else(pipeline::failed);
-                Ok::<_, std::convert::Infallible>(
-                    response.map(|body| Tracked { body, _busy: busy }),
-                )
+                let (response, unread) = handling
+                    .await
+                    .unwrap_or_else(|error| (pipeline::failed(error), Unread::new(busy.0.clone())));
+                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                    body,
+                    unread: Some(unread),
+                    busy,
+                }))
             }
         })
     };
@@ -342,16 +379,25 @@ where
     let mut deadline = Instant::now() + idle_limit;
     let mut closing = false;
     loop {
+        let stall = activity.stalled_at(limits.answer_timeout);
         tokio::select! {
             result = connection.as_mut() => return result,
             _ = stopping.as_mut(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = tokio::time::sleep_until(stall.map_or(deadline, |stall| stall.min(deadline))) => {
                 let now = Instant::now();
+                if activity.stalled_at(limits.answer_timeout).is_some_and(|at| at <= now) {
+                    tracing::debug!(peer = %client, "the client took no part of its answers in time; disconnected");
+                    give_up.now();
+                    return Ok(());
+                }
                 match activity.idle_until(idle_limit) {
-                    Some(until) if until <= now && closing => return Ok(()),
+                    Some(until) if until <= now && closing => {
+                        give_up.now();
+                        return Ok(());
+                    }
                     Some(until) if until <= now => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
@@ -365,13 +411,19 @@ where
     }
 }
 
-/// Whether a connection has a request in progress, and since when it has had none.
-/// Read only by the connection's timer: a request costs three atomic updates and a clock read.
+/// Whether a connection has a request in progress, and since when it has had none; and
+/// whether its client is taking its answers. Read only by the connection's timer.
 struct Activity {
     opened: Instant,
     in_progress: AtomicUsize,
     /// Milliseconds after `opened` when the last request finished.
     idle_since: AtomicU64,
+    /// Answers ready that hyper has not taken, or not asked for more of since their last
+    /// frame: they wait for the client to take what went before.
+    unread: AtomicUsize,
+    /// Milliseconds after `opened` when an answer last became ready, or hyper took one
+    /// or asked one for more.
+    answered_at: AtomicU64,
 }
 
 impl Activity {
@@ -380,7 +432,23 @@ impl Activity {
             opened: Instant::now(),
             in_progress: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            unread: AtomicUsize::new(0),
+            answered_at: AtomicU64::new(0),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    /// When the client will have taken no part of its answers for `limit`; `None` while
+    /// none is waiting for it.
+    fn stalled_at(&self, limit: Duration) -> Option<Instant> {
+        if self.unread.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.answered_at.load(Ordering::Acquire));
+        Some(self.opened + since + limit)
     }
 
     /// When the connection will have been idle for `limit`; `None` while a request is in progress.
@@ -390,6 +458,26 @@ impl Activity {
         }
         let since = Duration::from_millis(self.idle_since.load(Ordering::Acquire));
         Some(self.opened + since + limit)
+    }
+}
+
+/// An answer, or part of one, that waits for the client to take what went before it.
+struct Unread(Arc<Activity>);
+
+impl Unread {
+    fn new(activity: Arc<Activity>) -> Unread {
+        activity
+            .answered_at
+            .store(activity.now_ms(), Ordering::Release);
+        activity.unread.fetch_add(1, Ordering::AcqRel);
+        Unread(activity)
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        self.0.answered_at.store(self.0.now_ms(), Ordering::Release);
+        self.0.unread.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -405,17 +493,20 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let since = self.0.opened.elapsed().as_millis() as u64;
-        self.0.idle_since.store(since, Ordering::Release);
+        self.0.idle_since.store(self.0.now_ms(), Ordering::Release);
         self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// An answer's body that keeps its request counted as in progress until hyper is done
-/// with it, so a slow download is not taken for an idle connection.
+/// with it, so a slow download is not taken for an idle connection; and that tells the
+/// connection when it waits for the client to take what it gave.
 struct Tracked {
     body: GateBody,
-    _busy: Busy,
+    busy: Busy,
+    /// Set while hyper has not asked for more since the answer was ready or last gave it
+    /// a frame.
+    unread: Option<Unread>,
 }
 
 impl Body for Tracked {
@@ -426,7 +517,12 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        self.unread = None;
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = frame {
+            self.unread = Some(Unread::new(self.busy.0.clone()));
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -256,3 +256,66 @@ fn reset_http2_streams_still_count_against_the_connection_limit() {
         "{reached} requests reached SWR over one connection that allows 256"
     );
 }
+
+#[test]
+fn a_client_that_takes_none_of_its_answer_is_disconnected() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+        // A flow-control window of zero: no byte of an answer's body can be sent.
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(0)
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        let driver = tokio::spawn(connection);
+        let started = Instant::now();
+        let response = sender
+            .send_request(h2_request("POST", CREATE, &grants(1)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        // The answer's body is never read; request_timeout is 3 s.
+        let closed = tokio::time::timeout(Duration::from_secs(15), driver).await;
+        assert!(closed.is_ok(), "the connection is still open");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(response);
+    });
+}
+
+#[test]
+fn a_client_that_stops_reading_a_large_answer_is_reset() {
+    const SIZE: usize = 32 << 20;
+    let swr = StandInSwr::start();
+    swr.set(Behaviour::Large(SIZE));
+    let gate = Gateway::start_with(&swr.url(), "", forward_unmatched);
+    let mut stream = TcpStream::connect(gate.addr).unwrap();
+    write!(
+        stream,
+        "GET /v2/manage/repos HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n"
+    )
+    .unwrap();
+    // Not reading: request_timeout (3 s) passes with the answer stuck in the socket.
+    std::thread::sleep(Duration::from_secs(6));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut received = 0;
+    let mut buffer = vec![0; 1 << 16];
+    let ended = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break None,
+            Ok(n) => received += n,
+            Err(error) => break Some(error.kind()),
+        }
+    };
+    assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset));
+    assert!(received < SIZE, "the whole answer came through");
+}

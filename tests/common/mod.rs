@@ -50,6 +50,8 @@ pub enum Behaviour {
     StallMidAnswer {
         chunked: bool,
     },
+    /// Answer requests for paths that are no image with this many bytes.
+    Large(usize),
 }
 
 /// How the stand-in SWR decides whether a token is good, and what it refused.
@@ -363,6 +365,9 @@ async fn swr_answer(
             .headers_mut()
             .insert("x-swr-seen", "1".parse().unwrap());
         return response;
+    }
+    if let Behaviour::Large(size) = *behaviour.lock().unwrap() {
+        return Response::new(Full::new(Bytes::from(vec![b' '; size])));
     }
     let mut response = Response::new(Full::new(Bytes::from_static(b"{\"other\":true}")));
     response
