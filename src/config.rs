@@ -49,6 +49,8 @@ pub struct Server {
     pub request_timeout: Duration,
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Client connections held at once; derived from the open files limit when unset.
+    pub max_connections: Option<std::num::NonZeroUsize>,
     pub tls: Option<ServerTls>,
 }
 

@@ -109,6 +109,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.listen != new.server.listen {
         changed.push("[server] listen");
     }
+    if old.server.max_connections != new.server.max_connections {
+        changed.push("[server] max_connections");
+    }
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         changed.push("[admin] listen");
     }

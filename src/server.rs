@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -80,12 +80,8 @@ pub async fn serve_then(
         ),
         None => None,
     };
-    let grace = config.server.request_timeout;
     let auth = config.auth.clone();
-    let limits = ConnectionLimits {
-        header_timeout: config.server.header_timeout,
-        answer_timeout: config.server.request_timeout,
-    };
+    let room = Arc::new(Semaphore::new(max_connections(&config.server)));
     let gate = Arc::new(Gate {
         snapshot: ArcSwap::from_pointee(snapshot),
         audit,
@@ -121,7 +117,7 @@ pub async fn serve_then(
             .try_clone()
             .and_then(TcpListener::from_std)
             .map_err(|e| format!("cannot share the listening socket: {e}"))?;
-        Ok(accept(listener, gate.clone(), limits, grace, stop))
+        Ok(accept(listener, gate.clone(), room.clone(), stop))
     })?;
     drop(listener);
     tracing::info!(listen = %local, tls = gate.snapshot.load().tls.is_some(), threads = crate::workers::count(), "swr-gate listening");
@@ -142,6 +138,7 @@ pub async fn serve_then(
     }
     gate.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let grace = gate.snapshot.load().config.server.request_timeout;
     tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight requests");
     if !workers.stop().await? {
         tracing::warn!("grace period over; closed the connections still open");
@@ -154,21 +151,49 @@ pub async fn serve_then(
     Ok(())
 }
 
+/// Reserved from the open files limit for what is not a connection: the listeners, the
+/// audit trail, Redis, IAM, the files a reload reads.
+const RESERVED_FILES: u64 = 128;
+
+/// How many client connections to hold at once: `[server] max_connections`, or half of
+/// what the open files limit leaves, so that every client connection can have one to
+/// SWR. Past it, new connections wait in the listen backlog: a gateway that accepted
+/// them all would have no descriptor left to reach SWR and answer 502 to everyone.
+/// Raises the soft limit on open files to the hard one first, as Go programs do at
+/// start: the common soft limit of 1024 would stop the gateway at about 450 clients.
+fn max_connections(server: &crate::config::Server) -> usize {
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "the open files limit could not be read or raised");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let derived = (open_files.saturating_sub(RESERVED_FILES) / 2).max(1);
+    let max = server.max_connections.map_or_else(
+        || usize::try_from(derived).unwrap_or(usize::MAX),
+        |configured| configured.get(),
+    );
+    let max = max.min(Semaphore::MAX_PERMITS);
+    tracing::info!(open_files, max_connections = max, "connection limit");
+    max
+}
+
 /// One request thread's work: accept and serve connections until `stop`, then let the
-/// open ones finish within `grace`. Whether they did.
+/// open ones finish within the drain period. Whether they did.
 async fn accept(
     listener: TcpListener,
     gate: Arc<Gate>,
-    limits: ConnectionLimits,
-    grace: Duration,
+    room: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
 ) -> bool {
     // Every connection's task, and every request's, holds a receiver; `closed` resolves
     // once all are gone, so the drain also waits for requests whose client left.
     let open = watch::Sender::new(());
+    let mut warned: Option<Instant> = None;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            (accepted, place) = next_connection(&listener, &room, &mut warned) => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -180,9 +205,11 @@ async fn accept(
                 };
                 let _ = stream.set_nodelay(true);
                 let gate = gate.clone();
-                let tls = gate.snapshot.load().tls.clone();
+                let snapshot = gate.snapshot.load();
+                let (tls, limits) = (snapshot.tls.clone(), ConnectionLimits::of(&snapshot.config.server));
                 let (stop, open) = (stop.clone(), open.subscribe());
                 tokio::spawn(async move {
+                    let _place = place;
                     serve_connection(stream, peer, tls, gate, limits, stop, open).await;
                 });
             }
@@ -190,7 +217,28 @@ async fn accept(
         }
     }
     drop(listener);
+    let grace = gate.snapshot.load().config.server.request_timeout;
     tokio::time::timeout(grace, open.closed()).await.is_ok()
+}
+
+/// The next connection, once there is room for it, and its place among the connections.
+async fn next_connection(
+    listener: &TcpListener,
+    room: &Arc<Semaphore>,
+    warned: &mut Option<Instant>,
+) -> (
+    std::io::Result<(TcpStream, SocketAddr)>,
+    Option<OwnedSemaphorePermit>,
+) {
+    if room.available_permits() == 0
+        && warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+    {
+        *warned = Some(Instant::now());
+        tracing::warn!("at the connection limit ([server] max_connections): new connections wait");
+    }
+    // The semaphore is never closed.
+    let place = room.clone().acquire_owned().await.ok();
+    (listener.accept().await, place)
 }
 
 /// Resolves once `stop` turns true, or its sender (the main thread) is gone.
@@ -198,12 +246,22 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     drop(stop.wait_for(|stop| *stop).await);
 }
 
+/// Read from the snapshot as each connection is accepted, so a reload applies to new ones.
 #[derive(Clone, Copy)]
 struct ConnectionLimits {
     /// Also how long a connection may stay open with no request in progress.
     header_timeout: Duration,
     /// How long a client may take no part of an answer before it is disconnected.
     answer_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    fn of(server: &crate::config::Server) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: server.header_timeout,
+            answer_timeout: server.request_timeout,
+        }
+    }
 }
 
 async fn serve_connection(

@@ -188,15 +188,23 @@ impl Upstream {
 /// its body was the cause, else 502.
 fn refusal(error: hyper_util::client::legacy::Error) -> GateError {
     let mut cause = std::error::Error::source(&error);
+    let mut out_of_files = false;
     while let Some(error) = cause {
         if let Some(failed) = error.downcast_ref::<ClientBodyError>() {
             tracing::debug!(error = %failed, "the client's body failed on its way to SWR");
             return failed.refusal();
         }
+        // EMFILE and ENFILE, the same numbers on every Unix swr-gate runs on.
+        out_of_files |= error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| code == 24 || code == 23);
         cause = error.source();
     }
     tracing::warn!(error = %error_chain(&error), "upstream request failed");
-    let message = if error.is_connect() {
+    let message = if out_of_files {
+        "SWR could not be reached: the gateway has no file descriptor left (the open files limit)"
+    } else if error.is_connect() {
         "SWR could not be reached"
     } else {
         "the connection to SWR failed before it answered"

@@ -319,3 +319,34 @@ fn a_client_that_stops_reading_a_large_answer_is_reset() {
     assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset));
     assert!(received < SIZE, "the whole answer came through");
 }
+
+#[test]
+fn connections_over_max_connections_wait_for_a_place() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start_with(&swr.url(), "", |config| {
+        *config = config.replace("[server]\n", "[server]\nmax_connections = 2\n");
+    });
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(gate.addr).unwrap())
+        .collect();
+    let mut waiting = TcpStream::connect(gate.addr).unwrap();
+    let request = format!(
+        "POST {CREATE} HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        grants(1).len(),
+        grants(1)
+    );
+    waiting.write_all(request.as_bytes()).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    assert!(waiting.read(&mut first).is_err(), "answered past the limit");
+    assert!(swr.received().is_empty());
+    drop(held);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut raw = Vec::new();
+    waiting.read_to_end(&mut raw).unwrap();
+    assert_eq!(parse_answer(&raw).status, 201);
+}
