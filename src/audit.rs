@@ -239,8 +239,17 @@ impl AuditLog {
             tracing::info!(path = %path.display(), head, "the audit file has no records: the chain goes on from where the last run left it (rotated while stopped?)");
             prev = head;
         }
+        // Not ready over a trail that takes no record, such as one on a full disk, from
+        // the start rather than from the first request refused.
+        let writable = match sink.probe() {
+            Err(error) if error.kind() != io::ErrorKind::Unsupported => {
+                tracing::warn!(path = %path.display(), %error, "the audit trail cannot be written: not ready until it can");
+                false
+            }
+            _ => true,
+        };
         let health = Arc::new(Health {
-            writable: AtomicBool::new(true),
+            writable: AtomicBool::new(writable),
             failures: AtomicU64::new(0),
         });
         let is_file = matches!(sink, Sink::File { .. });

@@ -291,3 +291,10 @@ impl std::fmt::Display for GateError {
 }
 
 impl std::error::Error for GateError {}
+
+/// Whether an I/O error is the process or the system out of file descriptors (EMFILE,
+/// ENFILE: the same numbers on every Unix swr-gate runs on), a passing state of the
+/// gateway rather than a fault of what it tried to open.
+pub fn out_of_files(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(23 | 24))
+}

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, IamMethod};
+use crate::error::out_of_files;
 use crate::pipeline::Gate;
 use crate::snapshot::Snapshot;
 
@@ -33,7 +34,9 @@ impl Reloader {
 
     /// Load the config and swap it in, or say why not (and keep the running one).
     pub fn reload(&self, gate: &Gate) -> Result<(), Vec<String>> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.stamp(gate));
+        if let Some(stamp) = self.stamp(gate) {
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(stamp);
+        }
         let path = &self.config_path;
         let result = Config::load(path).map_err(|e| vec![e]).and_then(|config| {
             let current = gate.snapshot.load_full();
@@ -64,13 +67,16 @@ impl Reloader {
     /// editor truncating it, then writing) is not loaded half-written.
     pub async fn watch_files(self: Arc<Self>, gate: Weak<Gate>) {
         if let Some(gate) = gate.upgrade() {
-            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.stamp(&gate));
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = self.stamp(&gate);
         }
         let mut changing = None;
         loop {
             tokio::time::sleep(POLL).await;
             let Some(gate) = gate.upgrade() else { return };
-            let now = self.stamp(&gate);
+            // Out of file descriptors, the files could not be looked at: no change.
+            let Some(now) = self.stamp(&gate) else {
+                continue;
+            };
             if self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&now) {
                 changing = None;
             } else if changing.as_ref() == Some(&now) {
@@ -85,12 +91,22 @@ impl Reloader {
     /// The config file, the policy directory's own entries (among them `routes.toml`,
     /// `*.cedar`, `swr.cedarschema`) and the schema files its routes name: what loading
     /// reads, and no deeper. Never a walk of the tree, which a symlink loop makes endless.
-    fn stamp(&self, gate: &Gate) -> Stamp {
+    fn stamp(&self, gate: &Gate) -> Option<Stamp> {
         let snapshot = gate.snapshot.load();
         let policy_dir = snapshot.config.resolve(&snapshot.config.policy.dir);
         let mut paths = vec![self.config_path.clone(), policy_dir.clone()];
-        if let Ok(entries) = std::fs::read_dir(&policy_dir) {
-            paths.extend(entries.flatten().map(|entry| entry.path()));
+        match std::fs::read_dir(&policy_dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    match entry {
+                        Ok(entry) => paths.push(entry.path()),
+                        Err(error) if out_of_files(&error) => return None,
+                        Err(_) => {}
+                    }
+                }
+            }
+            Err(error) if out_of_files(&error) => return None,
+            Err(_) => {}
         }
         paths.extend(
             snapshot
@@ -151,17 +167,21 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// Modification time and size of each path (through symlinks, as loading reads them:
-/// a Kubernetes ConfigMap's `..data` swap shows), in a stable order.
-fn stamp(mut paths: Vec<PathBuf>) -> Stamp {
+/// a Kubernetes ConfigMap's `..data` swap shows), in a stable order; `None` for a path
+/// that cannot be looked at. `None` when the gateway is out of file descriptors, which
+/// says nothing about the files.
+fn stamp(mut paths: Vec<PathBuf>) -> Option<Stamp> {
     paths.sort();
     paths.dedup();
     paths
         .into_iter()
         .map(|path| {
-            let seen = std::fs::metadata(&path)
-                .ok()
-                .map(|meta| (meta.modified().ok(), meta.len()));
-            (path, seen)
+            let seen = match std::fs::metadata(&path) {
+                Ok(meta) => Some((meta.modified().ok(), meta.len())),
+                Err(error) if out_of_files(&error) => return None,
+                Err(_) => None,
+            };
+            Some((path, seen))
         })
         .collect()
 }

@@ -194,11 +194,9 @@ fn refusal(error: hyper_util::client::legacy::Error) -> GateError {
             tracing::debug!(error = %failed, "the client's body failed on its way to SWR");
             return failed.refusal();
         }
-        // EMFILE and ENFILE, the same numbers on every Unix swr-gate runs on.
         out_of_files |= error
             .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::raw_os_error)
-            .is_some_and(|code| code == 24 || code == 23);
+            .is_some_and(crate::error::out_of_files);
         cause = error.source();
     }
     tracing::warn!(error = %error_chain(&error), "upstream request failed");
