@@ -204,7 +204,7 @@ impl TokenSource {
         }
         // The reason (IAM's address, its error) is for operators: it goes to /readyz and
         // the log, not to clients.
-        tracing::warn!(reason = %self.why_not(), "no IAM token to inject");
+        crate::throttled!(warn!(reason = %self.why_not(), "no IAM token to inject"));
         let mut error = GateError::new(
             ErrorKind::NoToken,
             format!("{}; retry shortly", self.headline()),

@@ -27,5 +27,6 @@ pub mod route;
 pub mod schema;
 pub mod server;
 pub mod snapshot;
+pub mod throttle;
 pub mod upstream;
 pub mod workers;

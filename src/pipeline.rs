@@ -91,7 +91,7 @@ pub async fn handle(
     // In the file before the answer leaves, but the answer does not wait for a sync.
     // Failures are counted in the audit log's health.
     if let Err(error) = gate.audit.submit(&record).await {
-        span.in_scope(|| tracing::error!(%error, "audit record could not be written"));
+        span.in_scope(|| crate::throttled!(error!(%error, "audit record could not be written")));
     }
     let observation = account.exchange.observation();
     span.in_scope(|| {
@@ -473,11 +473,13 @@ async fn record_decision(
     match gate.audit.write(&exchange.record(Stage::Decided)).await {
         Ok(()) => Ok(()),
         Err(error) if snapshot.config.audit.on_failure == OnFailure::Continue => {
-            tracing::error!(%error, "audit record could not be written; forwarding anyway (on_failure = \"continue\")");
+            crate::throttled!(
+                error!(%error, "audit record could not be written; forwarding anyway (on_failure = \"continue\")")
+            );
             Ok(())
         }
         Err(error) => {
-            tracing::error!(%error, "audit record could not be written; refusing");
+            crate::throttled!(error!(%error, "audit record could not be written; refusing"));
             Err(GateError::new(
                 ErrorKind::AuditUnavailable,
                 "the audit log cannot be written",

@@ -225,7 +225,9 @@ impl RateLimits {
                     .with_rate_limit(limit.spec.rate, 0));
                 }
                 Err(Refusal::Unreachable(why)) => {
-                    tracing::warn!(limit = %limit.spec.id, error = %why, "rate limit backend unreachable");
+                    crate::throttled!(
+                        warn!(limit = %limit.spec.id, error = %why, "rate limit backend unreachable")
+                    );
                     if limit.spec.on_redis_error == OnRedisError::Reject {
                         return Err(GateError::new(
                             ErrorKind::RateLimitUnavailable,

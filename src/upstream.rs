@@ -199,7 +199,7 @@ fn refusal(error: hyper_util::client::legacy::Error) -> GateError {
             .is_some_and(crate::error::out_of_files);
         cause = error.source();
     }
-    tracing::warn!(error = %error_chain(&error), "upstream request failed");
+    crate::throttled!(warn!(error = %error_chain(&error), "upstream request failed"));
     let message = if out_of_files {
         "SWR could not be reached: the gateway has no file descriptor left (the open files limit)"
     } else if error.is_connect() {
@@ -300,7 +300,7 @@ async fn relay_body(body: Incoming, idle: Duration) -> Result<UpstreamBody, Gate
             .map_err(|never| match never {})
             .boxed()),
         Err(error) => {
-            tracing::warn!(error = %error_chain(&error), "upstream answer cut off");
+            crate::throttled!(warn!(error = %error_chain(&error), "upstream answer cut off"));
             Err(GateError::new(
                 ErrorKind::UpstreamUnreachable,
                 "the connection to SWR failed while it answered",

@@ -157,10 +157,10 @@ fn replayed() -> GateError {
 }
 
 fn unavailable(why: &str) -> GateError {
-    tracing::warn!(
+    crate::throttled!(warn!(
         error = why,
         "the shared record of used signatures cannot be asked"
-    );
+    ));
     GateError::new(
         ErrorKind::ReplayUnavailable,
         "the record of used AK/SK signatures cannot be checked right now",
