@@ -292,11 +292,11 @@ fn a_client_that_takes_none_of_its_answer_is_disconnected() {
 
 #[test]
 fn a_client_that_stops_reading_a_large_answer_is_reset() {
-    const SIZE: usize = 32 << 20;
+    const SIZE: usize = 16 << 20;
     let swr = StandInSwr::start();
     swr.set(Behaviour::Large(SIZE));
     let gate = Gateway::start_with(&swr.url(), "", forward_unmatched);
-    let mut stream = TcpStream::connect(gate.addr).unwrap();
+    let mut stream = small_buffered(gate.addr);
     write!(
         stream,
         "GET /v2/manage/repos HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n"
@@ -349,4 +349,20 @@ fn connections_over_max_connections_wait_for_a_place() {
     let mut raw = Vec::new();
     waiting.read_to_end(&mut raw).unwrap();
     assert_eq!(parse_answer(&raw).status, 201);
+}
+
+/// A connection whose receive buffer is small, so that an answer backs up in the
+/// gateway rather than in the kernel however the host's TCP buffers are set.
+fn small_buffered(addr: std::net::SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
 }
