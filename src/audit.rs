@@ -239,10 +239,16 @@ impl AuditLog {
             tracing::info!(path = %path.display(), head, "the audit file has no records: the chain goes on from where the last run left it (rotated while stopped?)");
             prev = head;
         }
-        // Not ready over a trail that takes no record, such as one on a full disk, from
-        // the start rather than from the first request refused.
+        // Not ready over a full disk from the start rather than from the first request
+        // refused. Only a full disk: a probe file the directory does not let us create
+        // says nothing about the trail, which is open for writing.
         let writable = match sink.probe() {
-            Err(error) if error.kind() != io::ErrorKind::Unsupported => {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
                 tracing::warn!(path = %path.display(), %error, "the audit trail cannot be written: not ready until it can");
                 false
             }

@@ -77,7 +77,15 @@ impl Reloader {
             let Some(now) = self.stamp(&gate) else {
                 continue;
             };
-            if self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&now) {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.is_none() {
+                // The look at start failed: this is the first, not a change.
+                *seen = Some(now);
+                continue;
+            }
+            let unchanged = seen.as_ref() == Some(&now);
+            drop(seen);
+            if unchanged {
                 changing = None;
             } else if changing.as_ref() == Some(&now) {
                 changing = None;

@@ -207,10 +207,13 @@ async fn accept(
                 let gate = gate.clone();
                 let snapshot = gate.snapshot.load();
                 let (tls, limits) = (snapshot.tls.clone(), ConnectionLimits::of(&snapshot.config.server));
-                let (stop, open) = (stop.clone(), open.subscribe());
+                let hold = Hold {
+                    _open: open.subscribe(),
+                    _place: place.map(Arc::new),
+                };
+                let stop = stop.clone();
                 tokio::spawn(async move {
-                    let _place = place;
-                    serve_connection(stream, peer, tls, gate, limits, stop, open).await;
+                    serve_connection(stream, peer, tls, gate, limits, stop, hold).await;
                 });
             }
             _ = stopped(stop.clone()) => break,
@@ -221,7 +224,9 @@ async fn accept(
     tokio::time::timeout(grace, open.closed()).await.is_ok()
 }
 
-/// The next connection, once there is room for it, and its place among the connections.
+/// The next connection, once there is room for it, and its place among the connections:
+/// past the limit, each request thread holds one accepted connection while it waits, and
+/// the rest wait in the listen backlog.
 async fn next_connection(
     listener: &TcpListener,
     room: &Arc<Semaphore>,
@@ -230,15 +235,35 @@ async fn next_connection(
     std::io::Result<(TcpStream, SocketAddr)>,
     Option<OwnedSemaphorePermit>,
 ) {
-    if room.available_permits() == 0
-        && warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
-    {
-        *warned = Some(Instant::now());
-        tracing::warn!("at the connection limit ([server] max_connections): new connections wait");
+    let accepted = listener.accept().await;
+    if accepted.is_err() {
+        return (accepted, None);
     }
-    // The semaphore is never closed.
-    let place = room.clone().acquire_owned().await.ok();
-    (listener.accept().await, place)
+    let place = match room.clone().try_acquire_owned() {
+        Ok(place) => Some(place),
+        Err(_) => {
+            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                *warned = Some(Instant::now());
+                tracing::warn!(
+                    "at the connection limit ([server] max_connections): new connections wait"
+                );
+            }
+            // The semaphore is never closed.
+            room.clone().acquire_owned().await.ok()
+        }
+    };
+    (accepted, place)
+}
+
+/// Held by a connection's task and by each of its requests' tasks. The drain at shutdown
+/// waits for all of them, and the connection's place among `max_connections` frees only
+/// once all are done: requests a client left running (an HTTP/1.1 connection closed
+/// mid-request, HTTP/2 streams reset) count against the limit until they end, so
+/// reconnecting starts no more of them.
+#[derive(Clone)]
+struct Hold {
+    _open: watch::Receiver<()>,
+    _place: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 /// Resolves once `stop` turns true, or its sender (the main thread) is gone.
@@ -271,7 +296,7 @@ async fn serve_connection(
     gate: Arc<Gate>,
     limits: ConnectionLimits,
     stop: watch::Receiver<bool>,
-    open: watch::Receiver<()>,
+    hold: Hold,
 ) {
     let (stream, give_up) = ClientSocket::new(stream);
     let result = match tls {
@@ -285,7 +310,7 @@ async fn serve_connection(
                 protocol: None,
                 give_up,
             };
-            serve_http(TokioIo::new(stream), link, gate, limits, stop, open).await
+            serve_http(TokioIo::new(stream), link, gate, limits, stop, hold).await
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -319,7 +344,7 @@ async fn serve_connection(
                 protocol,
                 give_up,
             };
-            serve_http(TokioIo::new(stream), link, gate, limits, stop, open).await
+            serve_http(TokioIo::new(stream), link, gate, limits, stop, hold).await
         }
     };
     if let Err(error) = result {
@@ -364,7 +389,7 @@ async fn serve_http<I>(
     gate: Arc<Gate>,
     limits: ConnectionLimits,
     stop: watch::Receiver<bool>,
-    open: watch::Receiver<()>,
+    hold: Hold,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -401,7 +426,7 @@ where
     let service = {
         let activity = activity.clone();
         service_fn(move |request| {
-            let (gate, peer, held) = (gate.clone(), peer.clone(), open.clone());
+            let (gate, peer, held) = (gate.clone(), peer.clone(), hold.clone());
             let in_progress = in_progress.clone();
             let busy = Busy::start(activity.clone());
             // HTTP/1.1: hyper does not begin on a request while the client has not taken
@@ -444,6 +469,7 @@ where
             _ = stopping.as_mut(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
+                deadline = Instant::now() + idle_limit;
             }
             _ = tokio::time::sleep_until(stall.map_or(deadline, |stall| stall.min(deadline))) => {
                 let now = Instant::now();
@@ -453,10 +479,7 @@ where
                     return Ok(());
                 }
                 match activity.idle_until(idle_limit) {
-                    Some(until) if until <= now && closing => {
-                        give_up.now();
-                        return Ok(());
-                    }
+                    Some(until) if until <= now && closing => return Ok(()),
                     Some(until) if until <= now => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
