@@ -367,8 +367,9 @@ enum Protocol {
     Http2,
 }
 
-/// HTTP/1.1 or HTTP/2 (whichever the client speaks, or ALPN settled) on one connection, every request
-/// through the pipeline, until the client leaves, shutdown asks the connection to end,
+/// HTTP/1.1 or HTTP/2 (whichever the client speaks, or ALPN settled) on one connection,
+/// every request through the pipeline, until the client leaves, shutdown asks the
+/// connection to end,
 /// or it has had no request in progress for `header_timeout`, or its client has taken
 /// no part of its answers for `answer_timeout`.
 ///
@@ -382,7 +383,8 @@ enum Protocol {
 /// A request is in progress until its answer has been sent, so a client that does not
 /// read (an HTTP/2 flow-control window left at zero, or HTTP/1.1 requests pipelined
 /// while the answers fill the socket) would hold the connection forever; the same timer
-/// drops the connection once no answer has moved for `answer_timeout`.
+/// resets the connection once no answer has moved for `answer_timeout`. The clock is the
+/// connection's, not each stream's: hyper does not show which stream waits.
 async fn serve_http<I>(
     io: I,
     link: Link,
