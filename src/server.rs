@@ -369,9 +369,8 @@ enum Protocol {
 
 /// HTTP/1.1 or HTTP/2 (whichever the client speaks, or ALPN settled) on one connection,
 /// every request through the pipeline, until the client leaves, shutdown asks the
-/// connection to end,
-/// or it has had no request in progress for `header_timeout`, or its client has taken
-/// no part of its answers for `answer_timeout`.
+/// connection to end, or it has had no request in progress for `header_timeout`, or its
+/// client has taken no part of its answers for `answer_timeout`.
 ///
 /// hyper's `header_read_timeout` covers HTTP/1.1 only once the auto builder has seen a
 /// byte that is not the HTTP/2 preface, and HTTP/2 has no idle limit at all (its PINGs
