@@ -18,6 +18,11 @@ pub enum ErrorKind {
     MethodOverride,
     QueryNotAllowed,
     AmbiguousMessage,
+    /// A message hyper could not read as a request at all: it answers those itself, and
+    /// the server puts this in place of its bare answer.
+    MalformedMessage,
+    HeadTooLarge,
+    TargetTooLong,
     NotAuthenticated,
     UnknownCredential,
     BadSignature,
@@ -50,9 +55,10 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             PathRejected | SchemaViolation | MalformedJson | DuplicateKey | NestingTooDeep
-            | BodyNotUtf8 | MethodOverride | QueryNotAllowed | AmbiguousMessage => {
-                StatusCode::BAD_REQUEST
-            }
+            | BodyNotUtf8 | MethodOverride | QueryNotAllowed | AmbiguousMessage
+            | MalformedMessage => StatusCode::BAD_REQUEST,
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            TargetTooLong => StatusCode::URI_TOO_LONG,
             NotAuthenticated
             | UnknownCredential
             | BadSignature
@@ -88,6 +94,9 @@ impl ErrorKind {
             MethodOverride => "SWR.GATE.4000007",
             QueryNotAllowed => "SWR.GATE.4000008",
             AmbiguousMessage => "SWR.GATE.4000009",
+            MalformedMessage => "SWR.GATE.4000010",
+            TargetTooLong => "SWR.GATE.4140001",
+            HeadTooLarge => "SWR.GATE.4310001",
             NotAuthenticated => "SWR.GATE.4010001",
             UnknownCredential => "SWR.GATE.4010002",
             BadSignature => "SWR.GATE.4010003",
@@ -126,6 +135,9 @@ impl ErrorKind {
             MethodOverride => "method_override",
             QueryNotAllowed => "query_not_allowed",
             AmbiguousMessage => "ambiguous_message",
+            MalformedMessage => "malformed_message",
+            HeadTooLarge => "head_too_large",
+            TargetTooLong => "target_too_long",
             NotAuthenticated => "no_credential",
             UnknownCredential => "unknown_credential",
             BadSignature => "bad_signature",
@@ -155,9 +167,8 @@ impl ErrorKind {
     pub fn stage(self) -> &'static str {
         use ErrorKind::*;
         match self {
-            PathRejected | MethodOverride | QueryNotAllowed | AmbiguousMessage | UnmatchedRoute => {
-                "route"
-            }
+            PathRejected | MethodOverride | QueryNotAllowed | AmbiguousMessage | UnmatchedRoute
+            | MalformedMessage | HeadTooLarge | TargetTooLong => "route",
             NotAuthenticated
             | UnknownCredential
             | BadSignature

@@ -106,6 +106,24 @@ pub async fn handle(
     response
 }
 
+/// The answer to a message that is not a request hyper could read (a malformed head, or
+/// one over the size limit), in the contract's shape, with its audit record and metrics.
+/// hyper answers those itself, bare; the server puts this answer in place of that one.
+pub fn refuse_unreadable(gate: &Gate, peer: SocketAddr, error: GateError) -> Response<Bytes> {
+    let mut exchange = Exchange::unread(peer);
+    exchange.decision = Decision::Deny;
+    let response = error.clone().into_response(&exchange.request_id);
+    exchange.error = Some(error);
+    exchange.status = Some(response.status().as_u16());
+    if let Err(error) = gate.audit.write_now(&exchange.record(Stage::Completed)) {
+        crate::throttled!(
+            error!(request_id = %exchange.request_id, %error, "audit record could not be written")
+        );
+    }
+    gate.metrics.observe(&exchange.observation());
+    response
+}
+
 /// The answer when a request's task failed (a panic): 500, never a dropped connection.
 /// Its audit record is the one [`Account`] wrote.
 pub fn failed(error: tokio::task::JoinError) -> Response<GateBody> {
@@ -590,8 +608,6 @@ struct Exchange {
 impl Exchange {
     fn begin(snapshot: &Snapshot, peer: SocketAddr, request: &Request<Incoming>) -> Exchange {
         Exchange {
-            started: Instant::now(),
-            peer,
             request_id: request_id(request.headers()),
             client_ip: client_ip(
                 peer.ip(),
@@ -605,6 +621,20 @@ impl Exchange {
                 .chars()
                 .take(crate::route::MAX_PATH_BYTES)
                 .collect(),
+            ..Exchange::unread(peer)
+        }
+    }
+
+    /// The account of a message that was never read as a request: no method, no path,
+    /// and the peer is the client, since no header of it can be believed.
+    fn unread(peer: SocketAddr) -> Exchange {
+        Exchange {
+            started: Instant::now(),
+            peer,
+            request_id: fresh_request_id(),
+            client_ip: peer.ip().to_canonical(),
+            method: String::new(),
+            path: String::new(),
             operation: None,
             forwarding: false,
             target: Target::default(),

@@ -39,8 +39,10 @@ use crate::upstream::BoxError;
 use crate::workers::Workers;
 
 mod client_socket;
+mod malformed;
 
 use client_socket::{ClientSocket, GiveUp};
+use malformed::MalformedAnswers;
 
 /// Largest request head (request line plus headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -416,6 +418,12 @@ where
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(MAX_REQUESTS_PER_CONNECTION as u32);
     let client = peer.addr;
+    let io = {
+        let gate = gate.clone();
+        MalformedAnswers::new(io, move |error| {
+            pipeline::refuse_unreadable(&gate, client, error)
+        })
+    };
     let peer = Arc::new(peer);
     let activity = Arc::new(Activity::new());
     // A request runs on a task of its own, which the client hanging up does not cancel,

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+
 use common::*;
 
 const CREATE: &str = "/v2/manage/namespaces/team-a/repos/app/access";
@@ -201,6 +203,71 @@ fn smuggling_framing_never_reaches_swr() {
     );
     assert_eq!(gate.send_raw(twice.as_bytes()).status, 400);
     assert_eq!(swr.received().len(), 1);
+}
+
+/// What cannot be read as a request at all (hyper refuses it before the pipeline sees
+/// it) still gets the contract's answer and an audit record, also after an answered
+/// request on the same connection.
+#[test]
+fn unreadable_messages_get_the_contracts_answer_and_a_record() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let body = grants(1);
+    let cases = [
+        (
+            format!("POST {CREATE} HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncontent-length: 5\r\n\r\n{body}", body.len()),
+            400,
+            "SWR.GATE.4000010",
+        ),
+        (
+            format!("POST {CREATE} HTTP/1.1\r\nhost: a\r\nx-api\x01key: {API_KEY}\r\n\r\n"),
+            400,
+            "SWR.GATE.4000010",
+        ),
+        (
+            format!("GET {CREATE} HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n", "a".repeat(70_000)),
+            431,
+            "SWR.GATE.4310001",
+        ),
+    ];
+    for (raw, status, code) in cases {
+        let answer = gate.send_raw(raw.as_bytes());
+        let id = answer
+            .header("x-request-id")
+            .expect("x-request-id")
+            .to_owned();
+        assert_eq!(answer.header("connection"), Some("close"));
+        let json = refused(&gate, &swr, answer, status, code);
+        assert_eq!(json["request_id"], id.as_str());
+        let id = id.as_str();
+        let records = gate.audit_records();
+        let record = records
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no record of {id}: {records:?}"));
+        assert_eq!(record["status"], status);
+        assert_eq!(record["denied_by"], "route");
+        assert_eq!(record["reasons"][0]["code"], code);
+    }
+
+    let mut stream = std::net::TcpStream::connect(gate.addr).unwrap();
+    let first = format!("GET /v2/elsewhere HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n");
+    stream
+        .write_all(format!("{first}NOT HTTP\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let second = raw[1..].find("HTTP/1.1 ").expect("two answers") + 1;
+    let (first, second) = raw.split_at(second);
+    assert_eq!(parse_answer(first.as_bytes()).status, 404, "{raw}");
+    let second = parse_answer(second.as_bytes());
+    assert_eq!(
+        (second.status, second.code().as_str()),
+        (400, "SWR.GATE.4000010"),
+        "{raw}"
+    );
+    assert!(swr.received().is_empty());
 }
 
 /// What hyper lets through but could be read two ways is refused in the contract's
