@@ -10,8 +10,7 @@ fn schema(operation: &str) -> Schema {
         "{}/policies/schemas/{operation}.schema.json",
         env!("CARGO_MANIFEST_DIR")
     );
-    let text = std::fs::read_to_string(path).unwrap();
-    Schema::compile(&serde_json::from_str(&text).unwrap()).unwrap()
+    Schema::load(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn bench(c: &mut Criterion) {

@@ -25,15 +25,25 @@ impl std::fmt::Debug for Schema {
 }
 
 impl Schema {
+    /// Read and compile a schema file's text: what is wrong, with the line it is on.
+    pub fn load(text: &str) -> Result<Schema, String> {
+        let schema: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Schema::compile(&schema).map_err(|(pointer, message)| match line_of(text, &pointer) {
+            Some(line) => format!("line {line}: {message} (at {pointer} of the schema)"),
+            None => message,
+        })
+    }
+
     /// Compile a draft 2020-12 schema with `format` asserted (2020-12 only annotates it by
-    /// default, which would let `"deadline":"yesterday"` through).
-    pub fn compile(schema: &Value) -> Result<Schema, String> {
+    /// default, which would let `"deadline":"yesterday"` through). A schema that breaks
+    /// the rules of JSON Schema gives the pointer to the offending part, and why.
+    fn compile(schema: &Value) -> Result<Schema, (String, String)> {
         jsonschema::draft202012::options()
             .should_validate_formats(true)
             .with_keyword("x-unique-by", unique_by_factory)
             .build(schema)
             .map(|validator| Schema { validator })
-            .map_err(|e| format!("{e} (at {})", pointer_or_root(&e.schema_path)))
+            .map_err(|e| (e.instance_path.to_string(), e.to_string()))
     }
 
     /// Every violation, each with the JSON pointer of the offending value.
@@ -68,13 +78,86 @@ fn message(error: &jsonschema::ValidationError) -> String {
     }
 }
 
-fn pointer_or_root(location: &Location) -> String {
-    let s = location.to_string();
-    if s.is_empty() {
-        "/".into()
-    } else {
-        s
+/// The line on which the value at JSON `pointer` starts in `text`, a valid JSON document.
+fn line_of(text: &str, pointer: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut at = skip_space(bytes, 0);
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        at = match bytes.get(at)? {
+            b'{' => member(text, at, &token)?,
+            b'[' => element(bytes, at, token.parse().ok()?)?,
+            _ => return None,
+        };
     }
+    Some(text[..at].matches('\n').count() + 1)
+}
+
+/// Where the value of `key` starts in the object at `at`.
+fn member(text: &str, mut at: usize, key: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    loop {
+        at = skip_space(bytes, at + 1);
+        if bytes.get(at)? != &b'"' {
+            return None;
+        }
+        let end = skip_value(bytes, at)?;
+        let name: String = serde_json::from_str(&text[at..end]).ok()?;
+        at = skip_space(bytes, end);
+        if bytes.get(at)? != &b':' {
+            return None;
+        }
+        let value = skip_space(bytes, at + 1);
+        if name == key {
+            return Some(value);
+        }
+        at = skip_space(bytes, skip_value(bytes, value)?);
+        if bytes.get(at)? != &b',' {
+            return None;
+        }
+    }
+}
+
+/// Where item `index` starts in the array at `at`.
+fn element(bytes: &[u8], mut at: usize, index: usize) -> Option<usize> {
+    for _ in 0..index {
+        at = skip_space(bytes, skip_value(bytes, skip_space(bytes, at + 1))?);
+        if bytes.get(at)? != &b',' {
+            return None;
+        }
+    }
+    Some(skip_space(bytes, at + 1))
+}
+
+/// Where the value that starts at `at` ends.
+fn skip_value(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = at;
+    loop {
+        match bytes.get(i)? {
+            b'"' => {
+                i += 1;
+                while bytes.get(i)? != &b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth > 0 => depth -= 1,
+            b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n' if depth == 0 => return Some(i),
+            _ => {}
+        }
+        i += 1;
+        if depth == 0 && matches!(bytes[i - 1], b'"' | b'}' | b']') {
+            return Some(i);
+        }
+    }
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
 }
 
 /// The schema keyword that failed: the last part of the schema path (`enum`, `required`).
@@ -169,11 +252,22 @@ mod tests {
             "{}/policies/schemas/{name}.schema.json",
             env!("CARGO_MANIFEST_DIR")
         );
-        let text = std::fs::read_to_string(path).unwrap();
-        Schema::compile(&serde_json::from_str(&text).unwrap()).unwrap()
+        Schema::load(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
     const USER: &str = "fb3f175c1fd146ab8cdae3272be6107b";
+
+    #[test]
+    fn a_schema_that_breaks_json_schema_is_reported_with_its_line() {
+        let text = "{\n  \"type\": \"array\",\n  \"prefixItems\": [\n    {\"x\": \"a,}\\\"\"},\n    {\"type\": 5}\n  ]\n}";
+        let error = Schema::load(text).err().unwrap();
+        assert!(error.starts_with("line 5: "), "{error}");
+        assert!(error.contains("/prefixItems/1/type"), "{error}");
+        assert_eq!(line_of(text, ""), Some(1));
+        assert_eq!(line_of(text, "/prefixItems"), Some(3));
+        assert_eq!(line_of(text, "/prefixItems/0/x"), Some(4));
+        assert_eq!(line_of(text, "/nope"), None);
+    }
 
     #[test]
     fn grants_accept_the_documented_example() {

@@ -192,12 +192,7 @@ fn load_schemas(policy_dir: &Path, routes: &RouteTable, problems: &mut Vec<Strin
         let path = policy_dir.join(&route.schema);
         let compiled = std::fs::read_to_string(&path)
             .map_err(|e| format!("{}: schema of {}: {e}", path.display(), route.operation))
-            .and_then(|text| {
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-            })
-            .and_then(|value| {
-                Schema::compile(&value).map_err(|e| format!("{}: {e}", path.display()))
-            });
+            .and_then(|text| Schema::load(&text).map_err(|e| format!("{}: {e}", path.display())));
         match compiled {
             Ok(schema) => schemas.push(schema),
             Err(problem) => problems.push(problem),

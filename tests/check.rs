@@ -177,7 +177,7 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
     std::fs::remove_file(policies.join("schemas/update_repo_domains.schema.json")).unwrap();
     std::fs::write(
         policies.join("schemas/create_user_repository_auth.schema.json"),
-        r#"{"type": 12}"#,
+        "{\n  \"type\": 12\n}",
     )
     .unwrap();
     std::fs::write(
@@ -198,7 +198,8 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
         "{output}"
     );
     assert!(
-        output.contains("create_user_repository_auth.schema.json"),
+        output.contains("create_user_repository_auth.schema.json: line 2: ")
+            && output.contains("at /type of the schema"),
         "{output}"
     );
     assert!(
