@@ -209,11 +209,13 @@ impl TokenSource {
             ErrorKind::NoToken,
             format!("{}; retry shortly", self.headline()),
         );
-        if let Some(retry_at) = self.status.borrow().retry_at {
+        let state = self.status.borrow();
+        if let Some(retry_at) = state.retry_at {
             let wait = retry_at.saturating_duration_since(Instant::now());
             error = error.with_retry_after(wait.as_secs() + 1);
-        } else if let Origin::Local(Local::File(_)) = self.origin {
-            // The file is read again within a second of changing (`watch_file`).
+        } else if state.fetching || matches!(self.origin, Origin::Local(Local::File(_))) {
+            // A fetch still under way (a slow IAM) ends any moment; the file is read
+            // again within a second of changing (`watch_file`).
             error = error.with_retry_after(1);
         }
         Err(error)

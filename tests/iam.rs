@@ -407,6 +407,26 @@ fn a_burst_with_no_token_yet_waits_for_one_iam_call() {
     assert_eq!(swr.tokens().len(), 1);
 }
 
+/// A first fetch that outlasts the 5 s a request waits for it: the request gets a 503
+/// that says when to come back, and the token serves once it comes.
+#[test]
+fn a_first_fetch_slower_than_a_request_waits_says_when_to_retry() {
+    let iam = FakeIam::start(HOUR);
+    iam.delay(Duration::from_secs(7));
+    let swr = StandInSwr::validating(iam.validator());
+    let (gate, admin) = gateway(&swr, &password_iam(&iam.url()));
+
+    let answer = create(&gate);
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (503, "SWR.GATE.5030001")
+    );
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    wait_ready(admin, Duration::from_secs(10));
+    assert_eq!(create(&gate).status, 201);
+    assert_eq!(iam.calls().len(), 1);
+}
+
 #[test]
 fn swr_refusing_the_token_makes_one_renewal_and_one_retry() {
     let iam = FakeIam::start(HOUR);
