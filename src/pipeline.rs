@@ -56,16 +56,19 @@ pub struct Peer {
 /// and every answer leaves an audit record. Run in a task of its own
 /// ([`crate::server`]), so that a client hanging up does not cancel a request SWR may
 /// already have: SWR's answer is still awaited (within `[upstream] timeout`) and recorded.
+/// `request_id` is [`request_id`]'s, taken before the task starts, so that the 500 of
+/// [`failed`] names it too.
 pub async fn handle(
     gate: Arc<Gate>,
     peer: Arc<Peer>,
     request: Request<Incoming>,
+    request_id: String,
 ) -> Response<GateBody> {
     let _in_flight = crate::workers::InFlight::start();
     let snapshot = gate.snapshot.load_full();
     let mut account = Account {
         audit: &gate.audit,
-        exchange: Exchange::begin(&snapshot, peer.addr, &request),
+        exchange: Exchange::begin(&snapshot, peer.addr, &request, request_id),
         recorded: false,
     };
     let exchange = &mut account.exchange;
@@ -110,7 +113,7 @@ pub async fn handle(
 /// one over the size limit), in the contract's shape, with its audit record and metrics.
 /// hyper answers those itself, bare; the server puts this answer in place of that one.
 pub fn refuse_unreadable(gate: &Gate, peer: SocketAddr, error: GateError) -> Response<Bytes> {
-    let mut exchange = Exchange::unread(peer);
+    let mut exchange = Exchange::unread(peer, fresh_request_id());
     exchange.decision = Decision::Deny;
     let response = error.clone().into_response(&exchange.request_id);
     exchange.error = Some(error);
@@ -125,11 +128,11 @@ pub fn refuse_unreadable(gate: &Gate, peer: SocketAddr, error: GateError) -> Res
 }
 
 /// The answer when a request's task failed (a panic): 500, never a dropped connection.
-/// Its audit record is the one [`Account`] wrote.
-pub fn failed(error: tokio::task::JoinError) -> Response<GateBody> {
-    tracing::error!(%error, "a request's handling failed");
+/// Its audit record is the one [`Account`] wrote, under the same request id.
+pub fn failed(error: tokio::task::JoinError, request_id: &str) -> Response<GateBody> {
+    tracing::error!(%error, request_id, "a request's handling failed");
     GateError::new(ErrorKind::Internal, "the request could not be handled")
-        .into_response(&fresh_request_id())
+        .into_response(request_id)
         .map(full)
 }
 
@@ -606,9 +609,13 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn begin(snapshot: &Snapshot, peer: SocketAddr, request: &Request<Incoming>) -> Exchange {
+    fn begin(
+        snapshot: &Snapshot,
+        peer: SocketAddr,
+        request: &Request<Incoming>,
+        request_id: String,
+    ) -> Exchange {
         Exchange {
-            request_id: request_id(request.headers()),
             client_ip: client_ip(
                 peer.ip(),
                 request.headers(),
@@ -621,17 +628,17 @@ impl Exchange {
                 .chars()
                 .take(crate::route::MAX_PATH_BYTES)
                 .collect(),
-            ..Exchange::unread(peer)
+            ..Exchange::unread(peer, request_id)
         }
     }
 
     /// The account of a message that was never read as a request: no method, no path,
     /// and the peer is the client, since no header of it can be believed.
-    fn unread(peer: SocketAddr) -> Exchange {
+    fn unread(peer: SocketAddr, request_id: String) -> Exchange {
         Exchange {
             started: Instant::now(),
             peer,
-            request_id: fresh_request_id(),
+            request_id,
             client_ip: peer.ip().to_canonical(),
             method: String::new(),
             path: String::new(),
@@ -798,7 +805,7 @@ fn fresh_request_id() -> String {
 }
 
 /// The client's own `X-Request-Id` when it is a sane token, else a fresh one.
-fn request_id(headers: &HeaderMap) -> String {
+pub fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

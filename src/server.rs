@@ -447,16 +447,21 @@ where
                 // started nothing.
                 let place = in_progress.acquire_owned().await.ok();
                 let activity = busy.0.clone();
+                let request_id = pipeline::request_id(request.headers());
+                let id = request_id.clone();
                 let handling = tokio::spawn(async move {
                     let _place = place;
                     let _in_flight = held;
-                    let response = pipeline::handle(gate, peer, request).await;
+                    let response = pipeline::handle(gate, peer, request, id).await;
                     // Hyper takes it once the client has taken what went before.
                     (response, Unread::new(activity))
                 });
-                let (response, unread) = handling
-                    .await
-                    .unwrap_or_else(|error| (pipeline::failed(error), Unread::new(busy.0.clone())));
+                let (response, unread) = handling.await.unwrap_or_else(|error| {
+                    (
+                        pipeline::failed(error, &request_id),
+                        Unread::new(busy.0.clone()),
+                    )
+                });
                 Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
                     body,
                     unread: Some(unread),
