@@ -22,7 +22,6 @@ pub enum ErrorKind {
     /// the server puts this in place of its bare answer.
     MalformedMessage,
     HeadTooLarge,
-    TargetTooLong,
     NotAuthenticated,
     UnknownCredential,
     BadSignature,
@@ -58,7 +57,6 @@ impl ErrorKind {
             | BodyNotUtf8 | MethodOverride | QueryNotAllowed | AmbiguousMessage
             | MalformedMessage => StatusCode::BAD_REQUEST,
             HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            TargetTooLong => StatusCode::URI_TOO_LONG,
             NotAuthenticated
             | UnknownCredential
             | BadSignature
@@ -95,7 +93,6 @@ impl ErrorKind {
             QueryNotAllowed => "SWR.GATE.4000008",
             AmbiguousMessage => "SWR.GATE.4000009",
             MalformedMessage => "SWR.GATE.4000010",
-            TargetTooLong => "SWR.GATE.4140001",
             HeadTooLarge => "SWR.GATE.4310001",
             NotAuthenticated => "SWR.GATE.4010001",
             UnknownCredential => "SWR.GATE.4010002",
@@ -137,7 +134,6 @@ impl ErrorKind {
             AmbiguousMessage => "ambiguous_message",
             MalformedMessage => "malformed_message",
             HeadTooLarge => "head_too_large",
-            TargetTooLong => "target_too_long",
             NotAuthenticated => "no_credential",
             UnknownCredential => "unknown_credential",
             BadSignature => "bad_signature",
@@ -168,7 +164,7 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             PathRejected | MethodOverride | QueryNotAllowed | AmbiguousMessage | UnmatchedRoute
-            | MalformedMessage | HeadTooLarge | TargetTooLong => "route",
+            | MalformedMessage | HeadTooLarge => "route",
             NotAuthenticated
             | UnknownCredential
             | BadSignature

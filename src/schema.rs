@@ -28,9 +28,13 @@ impl Schema {
     /// Read and compile a schema file's text: what is wrong, with the line it is on.
     pub fn load(text: &str) -> Result<Schema, String> {
         let schema: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        Schema::compile(&schema).map_err(|(pointer, message)| match line_of(text, &pointer) {
-            Some(line) => format!("line {line}: {message} (at {pointer} of the schema)"),
-            None => message,
+        Schema::compile(&schema).map_err(|(pointer, message)| {
+            // Some errors (a `$ref` that leads nowhere) come without a location.
+            let line = line_of(text, &pointer).filter(|_| !pointer.is_empty());
+            match line {
+                Some(line) => format!("line {line}: {message} (at {pointer} of the schema)"),
+                None => message,
+            }
         })
     }
 
@@ -93,9 +97,11 @@ fn line_of(text: &str, pointer: &str) -> Option<usize> {
     Some(text[..at].matches('\n').count() + 1)
 }
 
-/// Where the value of `key` starts in the object at `at`.
+/// Where the value of `key` starts in the object at `at`: its last, as serde_json keeps
+/// the last of repeated keys.
 fn member(text: &str, mut at: usize, key: &str) -> Option<usize> {
     let bytes = text.as_bytes();
+    let mut found = None;
     loop {
         at = skip_space(bytes, at + 1);
         if bytes.get(at)? != &b'"' {
@@ -109,11 +115,11 @@ fn member(text: &str, mut at: usize, key: &str) -> Option<usize> {
         }
         let value = skip_space(bytes, at + 1);
         if name == key {
-            return Some(value);
+            found = Some(value);
         }
         at = skip_space(bytes, skip_value(bytes, value)?);
         if bytes.get(at)? != &b',' {
-            return None;
+            return found;
         }
     }
 }
@@ -267,6 +273,12 @@ mod tests {
         assert_eq!(line_of(text, "/prefixItems"), Some(3));
         assert_eq!(line_of(text, "/prefixItems/0/x"), Some(4));
         assert_eq!(line_of(text, "/nope"), None);
+        assert_eq!(line_of("{\"a\": 1,\n\"a\": {}}", "/a"), Some(2));
+
+        let error = Schema::load(r##"{"$ref": "#/$defs/missing"}"##)
+            .err()
+            .unwrap();
+        assert!(!error.starts_with("line"), "{error}");
     }
 
     #[test]

@@ -250,23 +250,28 @@ fn unreadable_messages_get_the_contracts_answer_and_a_record() {
         assert_eq!(record["reasons"][0]["code"], code);
     }
 
-    let mut stream = std::net::TcpStream::connect(gate.addr).unwrap();
-    let first = format!("GET /v2/elsewhere HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n");
-    stream
-        .write_all(format!("{first}NOT HTTP\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let second = raw[1..].find("HTTP/1.1 ").expect("two answers") + 1;
-    let (first, second) = raw.split_at(second);
-    assert_eq!(parse_answer(first.as_bytes()).status, 404, "{raw}");
-    let second = parse_answer(second.as_bytes());
-    assert_eq!(
-        (second.status, second.code().as_str()),
-        (400, "SWR.GATE.4000010"),
-        "{raw}"
-    );
+    // After an answered request on the same connection, also one in HTTP/1.0.
+    for (version, keep_alive) in [("HTTP/1.1", ""), ("HTTP/1.0", "connection: keep-alive\r\n")] {
+        let mut stream = std::net::TcpStream::connect(gate.addr).unwrap();
+        let first = format!(
+            "GET /v2/elsewhere {version}\r\nhost: a\r\n{keep_alive}x-api-key: {API_KEY}\r\n\r\n"
+        );
+        stream
+            .write_all(format!("{first}NOT HTTP\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let raw = String::from_utf8(raw).unwrap();
+        let second = raw[1..].find(&format!("{version} ")).expect("two answers") + 1;
+        let (first, second) = raw.split_at(second);
+        assert_eq!(parse_answer(first.as_bytes()).status, 404, "{raw}");
+        let second = parse_answer(second.as_bytes());
+        assert_eq!(
+            (second.status, second.code().as_str()),
+            (400, "SWR.GATE.4000010"),
+            "{raw}"
+        );
+    }
     assert!(swr.received().is_empty());
 }
 

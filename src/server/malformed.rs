@@ -3,12 +3,13 @@
 //!
 //! hyper answers a malformed HTTP/1.1 head (a bad request line or header, conflicting
 //! `Content-Length`s, a `Transfer-Encoding` that does not end in `chunked`) or one over
-//! the size limit itself, with a bare `400`, `431` or `414` and no body, then closes the
+//! the size limit itself, with a bare `400` or `431` and no body, then closes the
 //! connection; the service never sees the message. It has no hook for that answer, so
 //! this connection wrapper recognises it on its way out and writes the contract's answer
 //! in its place: the JSON error body, `X-Request-Id`, and an audit record.
 
 use std::io;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -56,22 +57,34 @@ where
         Poll::Ready(Ok(()))
     }
 
-    /// When `bytes` (all hyper asked to write) ends with a bare refusal, take it over:
-    /// queue what came before it and the contract's answer in its place.
-    fn took_over(&mut self, bytes: &[u8]) -> bool {
-        if *self
+    /// When one of `bufs` (all hyper asked to write) ends with a bare refusal, take the
+    /// write over: queue everything else in order, then the contract's answer in the
+    /// refusal's place, and say how much of hyper's bytes that covers.
+    ///
+    /// The refusal is the last thing hyper sends, but not always the last buffer: under
+    /// vectored writes hyper keeps heads in a buffer that goes out before the queued
+    /// bodies, and a refusal written while an earlier answer's body is still queued
+    /// (pipelined requests, a client slow to read) would go out ahead of that body.
+    fn took_over<B: Deref<Target = [u8]>>(&mut self, bufs: &[B]) -> Option<usize> {
+        let first = bufs.iter().position(|b| !b.is_empty())?;
+        let last = bufs.iter().rposition(|b| !b.is_empty())?;
+        if !*self
             .http1
-            .get_or_insert_with(|| bytes.starts_with(b"HTTP/1."))
+            .get_or_insert_with(|| bufs[first].starts_with(b"HTTP/1."))
         {
-            if let Some((start, refusal)) = bare_refusal(bytes) {
-                let answer = (self.refuse)(refusal.error());
-                let mut out = bytes[..start].to_vec();
-                out.extend_from_slice(&serialise(&answer, refusal.date));
-                self.pending = Bytes::from(out);
-                return true;
-            }
+            return None;
         }
-        false
+        let (at, (start, refusal)) = [last, first]
+            .into_iter()
+            .find_map(|i| bare_refusal(&bufs[i]).map(|found| (i, found)))?;
+        let answer = (self.refuse)(refusal.error());
+        let mut out = Vec::new();
+        for (i, buf) in bufs.iter().enumerate() {
+            out.extend_from_slice(if i == at { &buf[..start] } else { buf });
+        }
+        out.extend_from_slice(&serialise(&answer, refusal.version, refusal.date));
+        self.pending = Bytes::from(out);
+        Some(bufs.iter().map(|b| b.len()).sum())
     }
 }
 
@@ -97,9 +110,9 @@ where
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        if this.took_over(buf) {
+        if let Some(taken) = this.took_over(&[buf]) {
             // Written by the flush or shutdown hyper does next; hyper writes nothing more.
-            return Poll::Ready(Ok(buf.len()));
+            return Poll::Ready(Ok(taken));
         }
         Pin::new(&mut this.io).poll_write(cx, buf)
     }
@@ -111,19 +124,8 @@ where
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        // A refusal is hyper's last write, and its head is one buffer: only then is it
-        // worth joining the buffers to look.
-        let last = bufs.iter().rev().find(|b| !b.is_empty());
-        if last.is_some_and(|last| bare_refusal(last).is_some()) {
-            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            if this.took_over(&joined) {
-                return Poll::Ready(Ok(joined.len()));
-            }
-        }
-        if this.http1.is_none() {
-            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-                this.http1 = Some(first.starts_with(b"HTTP/1."));
-            }
+        if let Some(taken) = this.took_over(bufs) {
+            return Poll::Ready(Ok(taken));
         }
         Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
@@ -144,10 +146,12 @@ where
 }
 
 /// hyper's answer to a message it could not read, as it writes it (hyper 1.x, `on_error`
-/// in `proto/h1/role.rs`): `HTTP/1.1 400 Bad Request`, then only `connection: close`,
+/// in `proto/h1/role.rs`): `HTTP/1.1 400 Bad Request` (`HTTP/1.0` once the client spoke
+/// it), then only `connection: close` (not for HTTP/1.0, where it is the default),
 /// `content-length: 0` and `date`, and no body.
 #[derive(Debug, PartialEq)]
 struct BareRefusal<'a> {
+    version: &'a [u8],
     status: StatusCode,
     date: &'a [u8],
 }
@@ -157,11 +161,9 @@ impl BareRefusal<'_> {
         match self.status {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => GateError::new(
                 ErrorKind::HeadTooLarge,
-                "the request line and headers are larger than 64 KiB",
+                "the request line and headers are larger than 64 KiB, or there are more \
+                 than 100 header fields",
             ),
-            StatusCode::URI_TOO_LONG => {
-                GateError::new(ErrorKind::TargetTooLong, "the request target is too long")
-            }
             _ => GateError::new(
                 ErrorKind::MalformedMessage,
                 "the request is not well-formed HTTP/1.1: a malformed request line or \
@@ -173,16 +175,18 @@ impl BareRefusal<'_> {
 }
 
 /// Where a bare refusal starts in `bytes`, when `bytes` ends with one. Looks at the end
-/// only, from a fixed distance: every answer's head passes through here.
+/// only, from a fixed distance: every answer's head passes through here. A body that
+/// ends with these very bytes would be taken for one too; no JSON document can.
 fn bare_refusal(bytes: &[u8]) -> Option<(usize, BareRefusal<'_>)> {
-    const STATUS_LINES: [(&[u8], StatusCode); 3] = [
-        (b"HTTP/1.1 400 Bad Request", StatusCode::BAD_REQUEST),
+    // hyper's 414 cannot happen here: a target over its limit is a head over 64 KiB.
+    const STATUS_LINES: [(&[u8], StatusCode); 2] = [
+        (b" 400 Bad Request", StatusCode::BAD_REQUEST),
         (
-            b"HTTP/1.1 431 Request Header Fields Too Large",
+            b" 431 Request Header Fields Too Large",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         ),
-        (b"HTTP/1.1 414 URI Too Long", StatusCode::URI_TOO_LONG),
     ];
+    const VERSION_LENGTH: usize = "HTTP/1.1".len();
     // An HTTP date (IMF-fixdate) is always this long.
     const DATE_LENGTH: usize = "Sun, 06 Nov 1994 08:49:37 GMT".len();
     let head = bytes.strip_suffix(b"\r\n\r\n")?;
@@ -192,16 +196,28 @@ fn bare_refusal(bytes: &[u8]) -> Option<(usize, BareRefusal<'_>)> {
         .strip_suffix(b"\r\nconnection: close")
         .unwrap_or(before);
     STATUS_LINES.into_iter().find_map(|(line, status)| {
-        let start = before.len().checked_sub(line.len())?;
-        (&before[start..] == line).then_some((start, BareRefusal { status, date }))
+        let start = before
+            .strip_suffix(line)?
+            .len()
+            .checked_sub(VERSION_LENGTH)?;
+        let version = &before[start..start + VERSION_LENGTH];
+        matches!(version, b"HTTP/1.1" | b"HTTP/1.0").then_some((
+            start,
+            BareRefusal {
+                version,
+                status,
+                date,
+            },
+        ))
     })
 }
 
-/// An answer as HTTP/1.1 bytes, closing the connection as hyper would have.
-fn serialise(answer: &Response<Bytes>, date: &[u8]) -> Vec<u8> {
+/// An answer as HTTP/1.x bytes, closing the connection as hyper would have.
+fn serialise(answer: &Response<Bytes>, version: &[u8], date: &[u8]) -> Vec<u8> {
     let status = answer.status();
     let mut out = Vec::with_capacity(512 + answer.body().len());
-    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(version);
+    out.push(b' ');
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -238,8 +254,10 @@ mod tests {
         assert_eq!(start, 0);
         assert_eq!(refusal.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         assert_eq!(refusal.date, DATE.as_bytes());
-        let old_client = bare("HTTP/1.1 400 Bad Request").replace("connection: close\r\n", "");
-        assert!(bare_refusal(old_client.as_bytes()).is_some());
+        let old_client =
+            format!("HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        let (_, refusal) = bare_refusal(old_client.as_bytes()).unwrap();
+        assert_eq!(refusal.version, b"HTTP/1.0");
 
         let answer_before = "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}";
         let after = format!("{answer_before}{}", bare("HTTP/1.1 400 Bad Request"));
@@ -255,6 +273,8 @@ mod tests {
             refusal.replace("connection: close", "x-request-id: a"),
             refusal.replace("content-length: 0\r\n", ""),
             bare("HTTP/1.1 404 Not Found"),
+            bare("HTTP/2.0 400 Bad Request"),
+            refusal.replace("HTTP/1.1 400", "HTTP/1.1 400 400"),
             refusal.trim_end().to_owned(),
             refusal.replace(" GMT", ""),
             "{\"error_msg\":\"\r\n\r\n".to_owned(),
@@ -265,10 +285,56 @@ mod tests {
         }
     }
 
+    /// What the wrapper passes on, whole.
+    #[derive(Default)]
+    struct Sink(Vec<u8>);
+
+    impl Write for Sink {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_refusal_queued_ahead_of_an_earlier_body_goes_out_after_it() {
+        let mut answers = MalformedAnswers::new(Sink::default(), |error: GateError| {
+            error.into_response("id-2")
+        });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let refusal = bare("HTTP/1.1 400 Bad Request");
+        let head = "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n";
+        let heads = format!("{head}{refusal}");
+        let bufs = [io::IoSlice::new(heads.as_bytes()), io::IoSlice::new(b"{}")];
+        let written = Pin::new(&mut answers).poll_write_vectored(&mut cx, &bufs);
+        assert!(matches!(written, Poll::Ready(Ok(n)) if n == head.len() + refusal.len() + 2));
+        assert!(Pin::new(&mut answers).poll_flush(&mut cx).is_ready());
+        let sent = String::from_utf8(answers.io.0).unwrap();
+        let (first, second) = sent.split_at(head.len() + 2);
+        assert_eq!(first, format!("{head}{{}}"));
+        assert!(
+            second.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{second}"
+        );
+        assert!(second.contains("SWR.GATE.4000010"), "{second}");
+    }
+
     #[test]
     fn the_replacement_is_a_whole_answer_that_closes_the_connection() {
         let answer = GateError::new(ErrorKind::MalformedMessage, "no").into_response("id-1");
-        let bytes = String::from_utf8(serialise(&answer, DATE.as_bytes())).unwrap();
+        let bytes = String::from_utf8(serialise(&answer, b"HTTP/1.1", DATE.as_bytes())).unwrap();
         let (head, body) = bytes.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
         assert!(head.contains("\r\nx-request-id: id-1\r\n"), "{head}");
