@@ -22,6 +22,7 @@ pub enum ErrorKind {
     /// the server puts this in place of its bare answer.
     MalformedMessage,
     HeadTooLarge,
+    TargetTooLong,
     NotAuthenticated,
     UnknownCredential,
     BadSignature,
@@ -57,6 +58,7 @@ impl ErrorKind {
             | BodyNotUtf8 | MethodOverride | QueryNotAllowed | AmbiguousMessage
             | MalformedMessage => StatusCode::BAD_REQUEST,
             HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            TargetTooLong => StatusCode::URI_TOO_LONG,
             NotAuthenticated
             | UnknownCredential
             | BadSignature
@@ -93,6 +95,7 @@ impl ErrorKind {
             QueryNotAllowed => "SWR.GATE.4000008",
             AmbiguousMessage => "SWR.GATE.4000009",
             MalformedMessage => "SWR.GATE.4000010",
+            TargetTooLong => "SWR.GATE.4140001",
             HeadTooLarge => "SWR.GATE.4310001",
             NotAuthenticated => "SWR.GATE.4010001",
             UnknownCredential => "SWR.GATE.4010002",
@@ -134,6 +137,7 @@ impl ErrorKind {
             AmbiguousMessage => "ambiguous_message",
             MalformedMessage => "malformed_message",
             HeadTooLarge => "head_too_large",
+            TargetTooLong => "target_too_long",
             NotAuthenticated => "no_credential",
             UnknownCredential => "unknown_credential",
             BadSignature => "bad_signature",
@@ -164,7 +168,7 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             PathRejected | MethodOverride | QueryNotAllowed | AmbiguousMessage | UnmatchedRoute
-            | MalformedMessage | HeadTooLarge => "route",
+            | MalformedMessage | HeadTooLarge | TargetTooLong => "route",
             NotAuthenticated
             | UnknownCredential
             | BadSignature

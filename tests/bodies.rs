@@ -250,29 +250,60 @@ fn unreadable_messages_get_the_contracts_answer_and_a_record() {
         assert_eq!(record["reasons"][0]["code"], code);
     }
 
+    // A target over the limit after an answered request: hyper may have read the head
+    // whole, and then refuses the target rather than the head.
+    let first = format!("GET /v2/elsewhere HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n");
+    let long = format!("GET /{} HTTP/1.1\r\nhost: a\r\n\r\n", "a".repeat(70_000));
+    let answers = exchange(&gate, format!("{first}{long}").as_bytes());
+    let codes: Vec<_> = answers.iter().map(|a| (a.status, a.code())).collect();
+    assert!(
+        matches!(
+            &codes[..],
+            [(404, _), (414, c)] if c == "SWR.GATE.4140001"
+        ) || matches!(&codes[..], [(404, _), (431, c)] if c == "SWR.GATE.4310001"),
+        "{codes:?}"
+    );
+
     // After an answered request on the same connection, also one in HTTP/1.0.
     for (version, keep_alive) in [("HTTP/1.1", ""), ("HTTP/1.0", "connection: keep-alive\r\n")] {
-        let mut stream = std::net::TcpStream::connect(gate.addr).unwrap();
         let first = format!(
             "GET /v2/elsewhere {version}\r\nhost: a\r\n{keep_alive}x-api-key: {API_KEY}\r\n\r\n"
         );
-        stream
-            .write_all(format!("{first}NOT HTTP\r\n\r\n").as_bytes())
-            .unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        let raw = String::from_utf8(raw).unwrap();
-        let second = raw[1..].find(&format!("{version} ")).expect("two answers") + 1;
-        let (first, second) = raw.split_at(second);
-        assert_eq!(parse_answer(first.as_bytes()).status, 404, "{raw}");
-        let second = parse_answer(second.as_bytes());
+        let answers = exchange(&gate, format!("{first}NOT HTTP\r\n\r\n").as_bytes());
+        let codes: Vec<_> = answers.iter().map(|a| (a.status, a.code())).collect();
         assert_eq!(
-            (second.status, second.code().as_str()),
-            (400, "SWR.GATE.4000010"),
-            "{raw}"
+            codes,
+            [
+                (404, "SWR.GATE.4040001".to_owned()),
+                (400, "SWR.GATE.4000010".to_owned())
+            ]
         );
     }
     assert!(swr.received().is_empty());
+}
+
+/// The answers the gateway sends on one connection for `bytes`, until it closes it.
+fn exchange(gate: &Gateway, bytes: &[u8]) -> Vec<Answer> {
+    let mut stream = std::net::TcpStream::connect(gate.addr).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    // Each answer starts with a status line: `HTTP/1.x NNN `.
+    let starts: Vec<usize> = (0..raw.len())
+        .filter(|&i| {
+            let line = &raw[i..];
+            line.len() > 13
+                && (line.starts_with(b"HTTP/1.1 ") || line.starts_with(b"HTTP/1.0 "))
+                && line[9..12].iter().all(u8::is_ascii_digit)
+                && line[12] == b' '
+        })
+        .collect();
+    let ends = starts.iter().skip(1).copied().chain([raw.len()]);
+    starts
+        .iter()
+        .zip(ends)
+        .map(|(&start, end)| parse_answer(&raw[start..end]))
+        .collect()
 }
 
 /// What hyper lets through but could be read two ways is refused in the contract's

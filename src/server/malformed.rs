@@ -3,7 +3,7 @@
 //!
 //! hyper answers a malformed HTTP/1.1 head (a bad request line or header, conflicting
 //! `Content-Length`s, a `Transfer-Encoding` that does not end in `chunked`) or one over
-//! the size limit itself, with a bare `400` or `431` and no body, then closes the
+//! the size limit itself, with a bare `400`, `431` or `414` and no body, then closes the
 //! connection; the service never sees the message. It has no hook for that answer, so
 //! this connection wrapper recognises it on its way out and writes the contract's answer
 //! in its place: the JSON error body, `X-Request-Id`, and an audit record.
@@ -164,6 +164,12 @@ impl BareRefusal<'_> {
                 "the request line and headers are larger than 64 KiB, or there are more \
                  than 100 header fields",
             ),
+            // A head hyper read whole (a read can take it a little past the limit) with a
+            // target over 65 534 bytes.
+            StatusCode::URI_TOO_LONG => GateError::new(
+                ErrorKind::TargetTooLong,
+                "the request target is longer than 65 534 bytes",
+            ),
             _ => GateError::new(
                 ErrorKind::MalformedMessage,
                 "the request is not well-formed HTTP/1.1: a malformed request line or \
@@ -178,13 +184,13 @@ impl BareRefusal<'_> {
 /// only, from a fixed distance: every answer's head passes through here. A body that
 /// ends with these very bytes would be taken for one too; no JSON document can.
 fn bare_refusal(bytes: &[u8]) -> Option<(usize, BareRefusal<'_>)> {
-    // hyper's 414 cannot happen here: a target over its limit is a head over 64 KiB.
-    const STATUS_LINES: [(&[u8], StatusCode); 2] = [
+    const STATUS_LINES: [(&[u8], StatusCode); 3] = [
         (b" 400 Bad Request", StatusCode::BAD_REQUEST),
         (
             b" 431 Request Header Fields Too Large",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         ),
+        (b" 414 URI Too Long", StatusCode::URI_TOO_LONG),
     ];
     const VERSION_LENGTH: usize = "HTTP/1.1".len();
     // An HTTP date (IMF-fixdate) is always this long.
