@@ -323,15 +323,29 @@ fn a_client_that_stops_reading_a_large_answer_is_reset() {
 #[test]
 fn connections_over_max_connections_wait_for_a_place() {
     let swr = StandInSwr::start();
-    // Connections that send nothing stay open for header_timeout: long enough here that
+    // Idle keep-alive connections stay open for header_timeout: long enough here that
     // only dropping them frees a place, however slow the machine.
     let gate = Gateway::start_with(&swr.url(), "", |config| {
         *config = config
             .replace("[server]\n", "[server]\nmax_connections = 2\n")
             .replace("header_timeout = \"2s\"", "header_timeout = \"30s\"");
     });
+    // Each held connection has had an answer, so it has a place: the start-up probe's
+    // connection may still hold one for a moment, and the connection waiting behind it
+    // need not be the first to get it.
     let held: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(gate.addr).unwrap())
+        .map(|_| {
+            let mut stream = TcpStream::connect(gate.addr).unwrap();
+            write!(
+                stream,
+                "GET /v2/manage/repos HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n"
+            )
+            .unwrap();
+            let mut status = [0u8; 12];
+            stream.read_exact(&mut status).unwrap();
+            assert_eq!(&status, b"HTTP/1.1 404");
+            stream
+        })
         .collect();
     let mut waiting = TcpStream::connect(gate.addr).unwrap();
     let request = format!(
