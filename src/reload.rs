@@ -97,8 +97,9 @@ impl Reloader {
     }
 
     /// The config file, the policy directory's own entries (among them `routes.toml`,
-    /// `*.cedar`, `swr.cedarschema`) and the schema files its routes name: what loading
-    /// reads, and no deeper. Never a walk of the tree, which a symlink loop makes endless.
+    /// `*.cedar`, `swr.cedarschema`), the schema files its routes name and the files the
+    /// config names that a reload reads anew: what loading reads, and no deeper. Never a
+    /// walk of the tree, which a symlink loop makes endless.
     fn stamp(&self, gate: &Gate) -> Option<Stamp> {
         let snapshot = gate.snapshot.load();
         let policy_dir = snapshot.config.resolve(&snapshot.config.policy.dir);
@@ -123,8 +124,28 @@ impl Reloader {
                 .iter()
                 .map(|route| policy_dir.join(&route.schema)),
         );
+        paths.extend(named_files(&snapshot.config));
         stamp(paths)
     }
+}
+
+/// The TLS certificate, key and client CA, SWR's extra CA and the secret keys kept in
+/// files: a certificate renewed in place (cert-manager) or a Secret rotated in Kubernetes
+/// takes effect without a SIGHUP.
+fn named_files(config: &Config) -> Vec<PathBuf> {
+    let tls = config.server.tls.iter().flat_map(|tls| {
+        [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+    });
+    let secrets = config
+        .clients
+        .iter()
+        .filter_map(|client| client.secret_key_file.as_ref());
+    tls.chain(config.upstream.ca_file.as_ref())
+        .chain(secrets)
+        .map(|path| config.resolve(path))
+        .collect()
 }
 
 /// Settings read once at start (listeners, IAM, audit file, brute-force brake).

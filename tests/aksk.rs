@@ -378,3 +378,49 @@ fn replicas_sharing_a_redis_accept_a_signature_once_between_them() {
     assert_eq!(answer.header("retry-after"), Some("1"));
     assert_eq!(swr.received().len(), 1);
 }
+
+#[test]
+fn a_secret_key_file_rotated_in_place_takes_effect_without_a_signal() {
+    let swr = StandInSwr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("sk");
+    std::fs::write(&secret, SK).unwrap();
+    let client = format!(
+        "[[clients]]\nid = \"release-sdk\"\ngroups = [\"release\"]\naccess_key = \"{AK}\"\nsecret_key_file = \"{}\"\n",
+        secret.display()
+    );
+    let gate = Gateway::start_with(&swr.url(), &client, |_| {});
+    let body = grants(1);
+    let bytes = body.as_bytes();
+    let signed_with = |secret: &str| {
+        send(
+            &gate,
+            "POST",
+            CREATE,
+            &signed("POST", CREATE, bytes, secret, now()),
+            bytes,
+        )
+    };
+    assert_eq!(signed_with(SK).status, 201);
+
+    // As Kubernetes updates a mounted Secret: a new file put in place of the old one.
+    let rotated = "gateway-issued-secret-key-for-tests-0002";
+    let staged = dir.path().join("sk.new");
+    std::fs::write(&staged, rotated).unwrap();
+    std::fs::rename(&staged, &secret).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        // A second apart, so that no signature repeats and is taken for a replay.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let answer = signed_with(rotated);
+        if answer.status == 201 {
+            break;
+        }
+        assert_eq!(answer.code(), "SWR.GATE.4010003");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated secret was never taken up"
+        );
+    }
+    assert_eq!(signed_with(SK).code(), "SWR.GATE.4010003");
+}

@@ -19,7 +19,7 @@ struct Setup {
     swr: StandInSwr,
     gate: Gateway,
     server_ca: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     clients: Pki,
 }
 
@@ -45,7 +45,7 @@ fn setup(client_auth: &str) -> Setup {
         swr,
         gate,
         server_ca: server_pki.ca_file.clone(),
-        _dir: dir,
+        dir,
         clients,
     }
 }
@@ -308,4 +308,35 @@ fn a_required_client_certificate_is_enforced_in_the_handshake() {
             .1,
         201
     );
+}
+
+#[test]
+fn a_server_certificate_renewed_in_place_is_served_without_a_signal() {
+    let mut setup = setup("optional");
+    let api_key = [("x-api-key", API_KEY)];
+    assert_eq!(call(&setup, None, &api_key, &[b"h2"]).unwrap().1, 201);
+
+    // As cert-manager renews: a new key and certificate (here from another CA, so the
+    // client can tell them apart) put in place of the files the config names.
+    let staging = setup.dir.path().join("renewed");
+    std::fs::create_dir(&staging).unwrap();
+    let renewed = Pki::new(&staging, "server-ca-2");
+    let (cert, key) = renewed.issue("gateway", &["localhost", "127.0.0.1"]);
+    std::fs::rename(key, setup.dir.path().join("gateway.key")).unwrap();
+    std::fs::rename(cert, setup.dir.path().join("gateway.crt")).unwrap();
+    setup.server_ca = renewed.ca_file.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match call(&setup, None, &api_key, &[b"h2"]) {
+            Ok((_, status)) => {
+                assert_eq!(status, 201);
+                break;
+            }
+            Err(error) => assert!(
+                std::time::Instant::now() < deadline,
+                "still the old certificate: {error}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
