@@ -51,6 +51,8 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// Client connections held at once; derived from the open files limit when unset.
     pub max_connections: Option<std::num::NonZeroUsize>,
+    /// Connections one client address (an IPv6 /64) may hold at once; unset: no limit.
+    pub max_connections_per_address: Option<std::num::NonZeroUsize>,
     pub tls: Option<ServerTls>,
 }
 

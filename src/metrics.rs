@@ -50,6 +50,7 @@ pub struct Metrics {
     rate_limited: Family<OperationLabel, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
+    connections_refused: Counter,
 }
 
 /// What one finished request contributes.
@@ -168,6 +169,12 @@ impl Metrics {
             "Configuration reloads by result",
             config_reloads.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed unserved: their address held its share ([server] max_connections_per_address)",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -176,6 +183,7 @@ impl Metrics {
             rate_limited,
             auth_failures,
             config_reloads,
+            connections_refused,
         }
     }
 
@@ -222,6 +230,10 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// The OpenMetrics text exposition.

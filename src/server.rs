@@ -4,6 +4,7 @@
 //! this module's main loop only answers signals.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -40,9 +41,11 @@ use crate::workers::Workers;
 
 mod client_socket;
 mod malformed;
+mod per_address;
 
 use client_socket::{ClientSocket, GiveUp};
 use malformed::MalformedAnswers;
+use per_address::{AddressLimit, AddressPlace, Admission, OpenByAddress};
 
 /// Largest request head (request line plus headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -83,7 +86,10 @@ pub async fn serve_then(
         None => None,
     };
     let auth = config.auth.clone();
-    let room = Arc::new(Semaphore::new(max_connections(&config.server)));
+    let room = Room {
+        places: Arc::new(Semaphore::new(max_connections(&config.server))),
+        by_address: Default::default(),
+    };
     let gate = Arc::new(Gate {
         snapshot: ArcSwap::from_pointee(snapshot),
         audit,
@@ -186,16 +192,16 @@ fn max_connections(server: &crate::config::Server) -> usize {
 async fn accept(
     listener: TcpListener,
     gate: Arc<Gate>,
-    room: Arc<Semaphore>,
+    room: Room,
     stop: watch::Receiver<bool>,
 ) -> bool {
     // Every connection's task, and every request's, holds a receiver; `closed` resolves
     // once all are gone, so the drain also waits for requests whose client left.
     let open = watch::Sender::new(());
-    let mut warned: Option<Instant> = None;
+    let mut warned = Warned::default();
     loop {
         tokio::select! {
-            (accepted, place) = next_connection(&listener, &room, &mut warned) => {
+            (accepted, places) = next_connection(&listener, &room, &gate, &mut warned) => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -211,7 +217,7 @@ async fn accept(
                 let (tls, limits) = (snapshot.tls.clone(), ConnectionLimits::of(&snapshot.config.server));
                 let hold = Hold {
                     _open: open.subscribe(),
-                    _place: place.map(Arc::new),
+                    _places: places.map(Arc::new),
                 };
                 let stop = stop.clone();
                 tokio::spawn(async move {
@@ -226,46 +232,103 @@ async fn accept(
     tokio::time::timeout(grace, open.closed()).await.is_ok()
 }
 
-/// The next connection, once there is room for it, and its place among the connections:
-/// past the limit, each request thread holds one accepted connection while it waits, and
-/// the rest wait in the listen backlog.
+/// The places client connections take, shared by the request threads.
+#[derive(Clone)]
+struct Room {
+    /// `[server] max_connections`.
+    places: Arc<Semaphore>,
+    /// `[server] max_connections_per_address`.
+    by_address: Arc<OpenByAddress>,
+}
+
+/// A connection's places: among all connections, and among its address's when limited.
+struct Places {
+    _place: Option<OwnedSemaphorePermit>,
+    _address: Option<AddressPlace>,
+}
+
+/// When each limit was last logged as reached: at most once per 10 s each.
+#[derive(Default)]
+struct Warned {
+    at_limit: Option<Instant>,
+    per_address: Option<Instant>,
+}
+
+fn time_to_warn(last: &mut Option<Instant>) -> bool {
+    let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
+}
+
+/// The next connection, once there is room for it, and its places: past the limit, each
+/// request thread holds one accepted connection while it waits, and the rest wait in the
+/// listen backlog. A connection from an address that already holds its share is closed
+/// at once, without waiting and without an answer (it has sent no request yet).
 async fn next_connection(
     listener: &TcpListener,
-    room: &Arc<Semaphore>,
-    warned: &mut Option<Instant>,
-) -> (
-    std::io::Result<(TcpStream, SocketAddr)>,
-    Option<OwnedSemaphorePermit>,
-) {
-    let accepted = listener.accept().await;
-    if accepted.is_err() {
-        return (accepted, None);
-    }
-    let place = match room.clone().try_acquire_owned() {
-        Ok(place) => Some(place),
-        Err(_) => {
-            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                *warned = Some(Instant::now());
-                tracing::warn!(
-                    "at the connection limit ([server] max_connections): new connections wait"
-                );
+    room: &Room,
+    gate: &Gate,
+    warned: &mut Warned,
+) -> (std::io::Result<(TcpStream, SocketAddr)>, Option<Places>) {
+    loop {
+        let accepted = listener.accept().await;
+        let Ok((_, peer)) = &accepted else {
+            return (accepted, None);
+        };
+        let admission = {
+            let snapshot = gate.snapshot.load();
+            let server = &snapshot.config.server;
+            let limit = AddressLimit {
+                max: server.max_connections_per_address.map(NonZeroUsize::get),
+                exempt: &server.trusted_proxies,
+            };
+            room.by_address.admit(peer.ip(), &limit)
+        };
+        let address = match admission {
+            Admission::Counted(place) => Some(place),
+            Admission::Unlimited => None,
+            Admission::Refused => {
+                gate.metrics.connection_refused();
+                if time_to_warn(&mut warned.per_address) {
+                    tracing::warn!(
+                        peer = %peer.ip(),
+                        "an address holds its share of connections ([server] max_connections_per_address): its new ones are closed"
+                    );
+                }
+                continue;
             }
-            // The semaphore is never closed.
-            room.clone().acquire_owned().await.ok()
-        }
-    };
-    (accepted, place)
+        };
+        let place = match room.places.clone().try_acquire_owned() {
+            Ok(place) => Some(place),
+            Err(_) => {
+                if time_to_warn(&mut warned.at_limit) {
+                    tracing::warn!(
+                        "at the connection limit ([server] max_connections): new connections wait"
+                    );
+                }
+                // The semaphore is never closed.
+                room.places.clone().acquire_owned().await.ok()
+            }
+        };
+        let places = Places {
+            _place: place,
+            _address: address,
+        };
+        return (accepted, Some(places));
+    }
 }
 
 /// Held by a connection's task and by each of its requests' tasks. The drain at shutdown
-/// waits for all of them, and the connection's place among `max_connections` frees only
-/// once all are done: requests a client left running (an HTTP/1.1 connection closed
+/// waits for all of them, and the connection's places (among `max_connections`, and among
+/// its address's) free only once all are done: requests a client left running (an HTTP/1.1 connection closed
 /// mid-request, HTTP/2 streams reset) count against the limit until they end, so
 /// reconnecting starts no more of them.
 #[derive(Clone)]
 struct Hold {
     _open: watch::Receiver<()>,
-    _place: Option<Arc<OwnedSemaphorePermit>>,
+    _places: Option<Arc<Places>>,
 }
 
 /// Resolves once `stop` turns true, or its sender (the main thread) is gone.

@@ -334,18 +334,7 @@ fn connections_over_max_connections_wait_for_a_place() {
     // connection may still hold one for a moment, and the connection waiting behind it
     // need not be the first to get it.
     let held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut stream = TcpStream::connect(gate.addr).unwrap();
-            write!(
-                stream,
-                "GET /v2/manage/repos HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n"
-            )
-            .unwrap();
-            let mut status = [0u8; 12];
-            stream.read_exact(&mut status).unwrap();
-            assert_eq!(&status, b"HTTP/1.1 404");
-            stream
-        })
+        .map(|_| answered_connection(gate.addr).expect("a held connection was closed"))
         .collect();
     let mut waiting = TcpStream::connect(gate.addr).unwrap();
     let request = format!(
@@ -367,6 +356,67 @@ fn connections_over_max_connections_wait_for_a_place() {
     let mut raw = Vec::new();
     waiting.read_to_end(&mut raw).unwrap();
     assert_eq!(parse_answer(&raw).status, 201);
+}
+
+/// A keep-alive connection that has had an answer (404 to an unmatched GET), so the
+/// gateway counts it; None when the gateway closed it unanswered.
+fn answered_connection(addr: std::net::SocketAddr) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request =
+        format!("GET /v2/manage/repos HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n\r\n");
+    // Closed at once, the connection may refuse the write, or reset the read.
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut status = [0u8; 12];
+    stream.read_exact(&mut status).ok()?;
+    assert_eq!(&status, b"HTTP/1.1 404");
+    Some(stream)
+}
+
+#[test]
+fn an_address_holding_its_share_of_connections_gets_no_more() {
+    let swr = StandInSwr::start();
+    let (admin, admin_config) = with_admin();
+    let gate = Gateway::start_with(&swr.url(), &admin_config, |config| {
+        *config = config
+            .replace("[server]\n", "[server]\nmax_connections_per_address = 2\n")
+            .replace("header_timeout = \"2s\"", "header_timeout = \"30s\"");
+    });
+    // The start-up probe's connection may count for a moment: retry until two are held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        assert!(Instant::now() < deadline, "two connections were never held");
+        held.extend(answered_connection(gate.addr));
+    }
+    assert!(
+        answered_connection(gate.addr).is_none(),
+        "a third connection from the address was served"
+    );
+    let metrics = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.lines().any(|line| line
+            .strip_prefix("swr_gate_connections_refused_total ")
+            .is_some_and(|n| n.trim().parse::<f64>().unwrap() >= 1.0)),
+        "{metrics}"
+    );
+
+    // A held connection closed gives its address a place back.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered_connection(gate.addr).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never given back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A connection whose receive buffer is small, so that an answer backs up in the
