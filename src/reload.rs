@@ -3,6 +3,7 @@
 //! change keeps the running snapshot and is logged; requests in flight finish on the
 //! snapshot they started with.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -22,7 +23,17 @@ pub struct Reloader {
     seen: Mutex<Option<Stamp>>,
 }
 
-type Stamp = Vec<(PathBuf, Option<(Option<SystemTime>, u64)>)>;
+type Stamp = Vec<(PathBuf, Option<FileStamp>)>;
+
+/// What tells a file changed: its modification time and length, and which file the path
+/// names, since a file put in its place (Kubernetes' swap of a mounted Secret, `cp -p`)
+/// can keep both.
+#[derive(PartialEq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    file: (u64, u64),
+}
 
 impl Reloader {
     pub fn new(config_path: &Path) -> Reloader {
@@ -206,7 +217,11 @@ fn stamp(mut paths: Vec<PathBuf>) -> Option<Stamp> {
         .into_iter()
         .map(|path| {
             let seen = match std::fs::metadata(&path) {
-                Ok(meta) => Some((meta.modified().ok(), meta.len())),
+                Ok(meta) => Some(FileStamp {
+                    modified: meta.modified().ok(),
+                    len: meta.len(),
+                    file: (meta.dev(), meta.ino()),
+                }),
                 Err(error) if out_of_files(&error) => return None,
                 Err(_) => None,
             };
