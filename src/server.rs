@@ -201,8 +201,8 @@ async fn accept(
     let mut warned = Warned::default();
     loop {
         tokio::select! {
-            (accepted, places) = next_connection(&listener, &room, &gate, &mut warned) => {
-                let (stream, peer) = match accepted {
+            accepted = next_connection(&listener, &room, &gate, &mut warned) => {
+                let (stream, peer, places) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -217,7 +217,7 @@ async fn accept(
                 let (tls, limits) = (snapshot.tls.clone(), ConnectionLimits::of(&snapshot.config.server));
                 let hold = Hold {
                     _open: open.subscribe(),
-                    _places: places.map(Arc::new),
+                    _places: Arc::new(places),
                 };
                 let stop = stop.clone();
                 tokio::spawn(async move {
@@ -232,7 +232,8 @@ async fn accept(
     tokio::time::timeout(grace, open.closed()).await.is_ok()
 }
 
-/// The places client connections take, shared by the request threads.
+/// The places client connections take, shared by the request threads so that each limit
+/// holds for the process, whichever thread accepts.
 #[derive(Clone)]
 struct Room {
     /// `[server] max_connections`.
@@ -241,7 +242,8 @@ struct Room {
     by_address: Arc<OpenByAddress>,
 }
 
-/// A connection's places: among all connections, and among its address's when limited.
+/// A connection's places, among all connections and among its address's, given back
+/// when the last of its tasks drops them.
 struct Places {
     _place: Option<OwnedSemaphorePermit>,
     _address: Option<AddressPlace>,
@@ -264,19 +266,17 @@ fn time_to_warn(last: &mut Option<Instant>) -> bool {
 
 /// The next connection, once there is room for it, and its places: past the limit, each
 /// request thread holds one accepted connection while it waits, and the rest wait in the
-/// listen backlog. A connection from an address that already holds its share is closed
-/// at once, without waiting and without an answer (it has sent no request yet).
+/// listen backlog. A connection from an address that already holds its share is reset
+/// at once, unread: waiting would hold up everyone behind it in the backlog, and reading
+/// its request to answer it would spend on it what the limit is there to save.
 async fn next_connection(
     listener: &TcpListener,
     room: &Room,
     gate: &Gate,
     warned: &mut Warned,
-) -> (std::io::Result<(TcpStream, SocketAddr)>, Option<Places>) {
+) -> std::io::Result<(TcpStream, SocketAddr, Places)> {
     loop {
-        let accepted = listener.accept().await;
-        let Ok((_, peer)) = &accepted else {
-            return (accepted, None);
-        };
+        let (stream, peer) = listener.accept().await?;
         let admission = {
             let snapshot = gate.snapshot.load();
             let server = &snapshot.config.server;
@@ -290,11 +290,14 @@ async fn next_connection(
             Admission::Counted(place) => Some(place),
             Admission::Unlimited => None,
             Admission::Refused => {
+                // A reset rather than a close: nothing of a flood lingers in TIME_WAIT.
+                let _ = stream.set_zero_linger();
+                drop(stream);
                 gate.metrics.connection_refused();
                 if time_to_warn(&mut warned.per_address) {
                     tracing::warn!(
-                        peer = %peer.ip(),
-                        "an address holds its share of connections ([server] max_connections_per_address): its new ones are closed"
+                        address = %crate::auth::address_block(peer.ip().to_canonical()),
+                        "an address holds its share of connections ([server] max_connections_per_address): its new ones are reset (logged at most every 10 s)"
                     );
                 }
                 continue;
@@ -316,19 +319,19 @@ async fn next_connection(
             _place: place,
             _address: address,
         };
-        return (accepted, Some(places));
+        return Ok((stream, peer, places));
     }
 }
 
 /// Held by a connection's task and by each of its requests' tasks. The drain at shutdown
-/// waits for all of them, and the connection's places (among `max_connections`, and among
-/// its address's) free only once all are done: requests a client left running (an HTTP/1.1 connection closed
-/// mid-request, HTTP/2 streams reset) count against the limit until they end, so
-/// reconnecting starts no more of them.
+/// waits for all of them, and the connection's places (among `max_connections`, and
+/// among its address's) free only once all are done: requests a client left running (an
+/// HTTP/1.1 connection closed mid-request, HTTP/2 streams reset) count against the
+/// limits until they end, so reconnecting starts no more of them.
 #[derive(Clone)]
 struct Hold {
     _open: watch::Receiver<()>,
-    _places: Option<Arc<Places>>,
+    _places: Arc<Places>,
 }
 
 /// Resolves once `stop` turns true, or its sender (the main thread) is gone.

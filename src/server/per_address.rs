@@ -16,14 +16,15 @@ pub struct OpenByAddress {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Settings read from the snapshot as each connection is accepted.
+/// Read from the snapshot as each connection is accepted, so that a reload applies to
+/// the connections accepted after it.
 pub struct AddressLimit<'a> {
     pub max: Option<usize>,
     /// Load balancers and other proxies speak for many clients: never limited.
     pub exempt: &'a [IpNet],
 }
 
-/// The outcome for one accepted connection.
+/// Whether an accepted connection may be served, and whether it is to be counted.
 pub enum Admission {
     /// Counted against its address until dropped.
     Counted(AddressPlace),
