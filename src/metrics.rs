@@ -16,6 +16,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use tokio::sync::Semaphore;
+
 use crate::audit::{Decision, Health};
 use crate::iam::TokenSource;
 
@@ -106,6 +108,34 @@ impl Collector for TokenCollector {
     }
 }
 
+/// The client connections holding a place among `max_connections`, read at each scrape:
+/// what to alert on before new connections start to wait.
+#[derive(Debug)]
+pub struct ConnectionPlaces {
+    pub places: Arc<Semaphore>,
+    pub max: usize,
+}
+
+impl Collector for ConnectionPlaces {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let held = self.max.saturating_sub(self.places.available_permits());
+        let open = ConstGauge::new(held as i64);
+        open.encode(encoder.encode_descriptor(
+            "connections",
+            "Client connections holding a place among [server] max_connections (with those whose requests still run after the client left)",
+            None,
+            open.metric_type(),
+        )?)?;
+        let max = ConstGauge::new(self.max as i64);
+        max.encode(encoder.encode_descriptor(
+            "connections_max",
+            "[server] max_connections: past it, new connections wait",
+            None,
+            max.metric_type(),
+        )?)
+    }
+}
+
 /// The audit writer's failure count, read at each scrape.
 #[derive(Debug)]
 struct AuditCollector(Arc<Health>);
@@ -123,10 +153,15 @@ impl Collector for AuditCollector {
 }
 
 impl Metrics {
-    pub fn new(tokens: Arc<TokenSource>, audit: Arc<Health>) -> Self {
+    pub fn new(
+        tokens: Arc<TokenSource>,
+        audit: Arc<Health>,
+        connections: ConnectionPlaces,
+    ) -> Self {
         let mut registry = Registry::with_prefix("swr_gate");
         registry.register_collector(Box::new(TokenCollector(tokens)));
         registry.register_collector(Box::new(AuditCollector(audit)));
+        registry.register_collector(Box::new(connections));
         let requests = Family::default();
         let duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let upstream_duration =
@@ -172,7 +207,7 @@ impl Metrics {
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
-            "Connections closed unserved: their address held its share ([server] max_connections_per_address)",
+            "Connections reset unserved: their address held its share ([server] max_connections_per_address)",
             connections_refused.clone(),
         );
         Metrics {

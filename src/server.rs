@@ -31,7 +31,7 @@ use crate::audit::AuditLog;
 use crate::auth::{FailureLimiter, PeerCertificate, ReplayGuard};
 use crate::config::Config;
 use crate::iam::TokenSource;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionPlaces, Metrics};
 use crate::pipeline::{self, Gate, GateBody, Peer};
 use crate::redis_link;
 use crate::reload::Reloader;
@@ -86,8 +86,9 @@ pub async fn serve_then(
         None => None,
     };
     let auth = config.auth.clone();
+    let max = max_connections(&config.server);
     let room = Room {
-        places: Arc::new(Semaphore::new(max_connections(&config.server))),
+        places: Arc::new(Semaphore::new(max)),
         by_address: Default::default(),
     };
     let gate = Arc::new(Gate {
@@ -99,7 +100,14 @@ pub async fn serve_then(
             "[auth] replay_redis_url",
         )?),
         auth_failures: FailureLimiter::new(auth.max_failures, auth.failure_window),
-        metrics: Metrics::new(tokens.clone(), audit_health),
+        metrics: Metrics::new(
+            tokens.clone(),
+            audit_health,
+            ConnectionPlaces {
+                places: room.places.clone(),
+                max,
+            },
+        ),
         tokens,
         draining: Default::default(),
     });

@@ -401,12 +401,22 @@ fn an_address_holding_its_share_of_connections_gets_no_more() {
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
     let metrics = http_request(admin, "127.0.0.1", "GET", "/metrics", &[], b"");
     let metrics = String::from_utf8_lossy(&metrics.body);
+    let sample = |name: &str| {
+        metrics.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
     assert!(
-        metrics.lines().any(|line| line
-            .strip_prefix("swr_gate_connections_refused_total ")
-            .is_some_and(|n| n.trim().parse::<f64>().unwrap() >= 1.0)),
+        sample("swr_gate_connections_refused_total") >= Some(1.0),
         "{metrics}"
     );
+    // The refused connections never held a place.
+    assert_eq!(sample("swr_gate_connections"), Some(2.0), "{metrics}");
+    assert!(sample("swr_gate_connections_max") > Some(2.0), "{metrics}");
 
     // A held connection closed gives its address a place back.
     drop(held.pop());
