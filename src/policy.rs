@@ -1182,77 +1182,9 @@ fn is_visible(c: char) -> bool {
 /// Seconds since the epoch of an RFC 3339 time such as `2026-12-31T16:00:00.000Z` (or
 /// with an offset, `+08:00`); `None` when it is not one.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let bytes = text.as_bytes();
-    let shape = bytes.len() >= 20
-        && bytes[4] == b'-'
-        && bytes[7] == b'-'
-        && matches!(bytes[10], b'T' | b't')
-        && bytes[13] == b':'
-        && bytes[16] == b':';
-    if !shape {
-        return None;
-    }
-    let number = |from: usize, to: usize| -> Option<i64> {
-        let digits = text.get(from..to)?;
-        digits
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| digits.parse().ok())?
-    };
-    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
-    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
-    let mut rest = &text[19..];
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = &fraction[digits..];
-    }
-    let offset = match rest.as_bytes() {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let hours = number(text.len() - 5, text.len() - 3)?;
-            let minutes = number(text.len() - 2, text.len())?;
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            let offset = hours * 3600 + minutes * 60;
-            if *sign == b'-' {
-                -offset
-            } else {
-                offset
-            }
-        }
-        _ => return None,
-    };
-    let valid = (1..=12).contains(&month)
-        && (1..=days_in_month(year, month)).contains(&day)
-        && hour <= 23
-        && minute <= 59
-        && second <= 60;
-    valid.then(|| {
-        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset
-    })
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
 }
 
 #[cfg(test)]
@@ -1448,13 +1380,18 @@ mod tests {
             Some(1_893_456_000)
         );
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
+        assert_eq!(parse_rfc3339("2030-01-01t00:00:00z"), Some(1_893_456_000));
+        // RFC 3339 lets applications write a space for the `T` (§5.6, note).
+        assert_eq!(parse_rfc3339("2030-01-01 00:00:00Z"), Some(1_893_456_000));
         for bad in [
             "2023-02-29T00:00:00Z",
             "2030-13-01T00:00:00Z",
             "2030-01-01T24:00:00Z",
             "2030-01-01T00:00:00",
-            "2030-01-01 00:00:00Z",
             "2030-01-01T00:00:00.Z",
+            "2030-01-01T00:00:00+0800",
+            "2030-01-01T00:00:00+24:00",
+            "30-01-01T00:00:00Z",
             "forever",
             "",
         ] {
