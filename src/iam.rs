@@ -19,6 +19,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::config::{Config, IamMethod};
 use crate::error::{ErrorKind, GateError};
+use crate::reload::FileStamp;
 
 pub use login::{read_password, Password};
 
@@ -451,17 +452,16 @@ async fn refresh(source: Weak<TokenSource>) {
 }
 
 /// Keep a file token current: a secret rotated by another process (a Kubernetes
-/// Secret update, a renewal job) takes effect within a second, no restart needed.
+/// Secret update, a renewal job) takes effect within a second, no restart needed, even
+/// when the new file has the old one's length and modification time.
 async fn watch_file(source: Weak<TokenSource>, path: PathBuf) {
-    let mut seen: Option<(SystemTime, u64)> = None;
+    let mut seen: Option<FileStamp> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(source) = source.upgrade() else {
             return;
         };
-        let stamp = std::fs::metadata(&path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let stamp = std::fs::metadata(&path).ok().map(|m| FileStamp::of(&m));
         if stamp != seen {
             seen = stamp;
             let mut flight = source.flight.lock().await;

@@ -29,10 +29,20 @@ type Stamp = Vec<(PathBuf, Option<FileStamp>)>;
 /// names, since a file put in its place (Kubernetes' swap of a mounted Secret, `cp -p`)
 /// can keep both.
 #[derive(PartialEq)]
-struct FileStamp {
+pub struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
     file: (u64, u64),
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            file: (meta.dev(), meta.ino()),
+        }
+    }
 }
 
 impl Reloader {
@@ -217,11 +227,7 @@ fn stamp(mut paths: Vec<PathBuf>) -> Option<Stamp> {
         .into_iter()
         .map(|path| {
             let seen = match std::fs::metadata(&path) {
-                Ok(meta) => Some(FileStamp {
-                    modified: meta.modified().ok(),
-                    len: meta.len(),
-                    file: (meta.dev(), meta.ino()),
-                }),
+                Ok(meta) => Some(FileStamp::of(&meta)),
                 Err(error) if out_of_files(&error) => return None,
                 Err(_) => None,
             };

@@ -571,7 +571,9 @@ fn a_token_file_is_re_read_when_it_changes() {
         "the file is looked at again within a second"
     );
     let file = gate.dir.path().join("iam-token");
-    std::fs::write(&file, "stale-token\n").unwrap();
+    let stale = "gAAAAABstale-iam-token-012345678";
+    assert_eq!(stale.len(), TOKEN.len());
+    std::fs::write(&file, stale).unwrap();
     wait_ready(admin, Duration::from_secs(5));
     assert_eq!(
         create(&gate).status,
@@ -579,13 +581,24 @@ fn a_token_file_is_re_read_when_it_changes() {
         "SWR refuses it; the file, read again, has nothing better"
     );
 
-    // Rotated by another process.
-    std::fs::write(&file, TOKEN).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while create(&gate).status != 201 {
-        assert!(Instant::now() < deadline, "the new token was not picked up");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Rotated by another process, as Kubernetes updates a mounted Secret: a new file put
+    // in place of the old one, here of the same length and modification time.
+    let staged = gate.dir.path().join("iam-token.new");
+    std::fs::write(&staged, TOKEN).unwrap();
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    // Taken up by the file watcher, not by SWR refusing the old token first: a 401 makes
+    // the gateway read the file again too, which would hide a watcher that missed it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let refused = swr.refused();
+    assert_eq!(create(&gate).status, 201, "the new token was not picked up");
+    assert_eq!(swr.refused(), refused, "the old token was still in use");
 }
 
 #[test]
