@@ -403,20 +403,9 @@ fn a_secret_key_file_rotated_in_place_takes_effect_without_a_signal() {
     };
     assert_eq!(signed_with(SK).status, 201);
 
-    // As Kubernetes updates a mounted Secret: a new file put in place of the old one.
-    // Same length, and here the same modification time (as `cp -p` keeps it): only
-    // which file the path names tells the change.
+    // As Kubernetes updates a mounted Secret, with the same length and time.
     let rotated = "gateway-issued-secret-key-for-tests-0002";
-    let staged = dir.path().join("sk.new");
-    std::fs::write(&staged, rotated).unwrap();
-    let modified = std::fs::metadata(&secret).unwrap().modified().unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&staged)
-        .unwrap()
-        .set_modified(modified)
-        .unwrap();
-    std::fs::rename(&staged, &secret).unwrap();
+    swap_in_keeping_time(&secret, rotated);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         // A second apart, so that no signature repeats and is taken for a replay.

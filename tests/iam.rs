@@ -581,18 +581,9 @@ fn a_token_file_is_re_read_when_it_changes() {
         "SWR refuses it; the file, read again, has nothing better"
     );
 
-    // Rotated by another process, as Kubernetes updates a mounted Secret: a new file put
-    // in place of the old one, here of the same length and modification time.
-    let staged = gate.dir.path().join("iam-token.new");
-    std::fs::write(&staged, TOKEN).unwrap();
-    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&staged)
-        .unwrap()
-        .set_modified(modified)
-        .unwrap();
-    std::fs::rename(&staged, &file).unwrap();
+    // Rotated by another process, as Kubernetes updates a mounted Secret, with the same
+    // length and time.
+    swap_in_keeping_time(&file, TOKEN);
     // Taken up by the file watcher, not by SWR refusing the old token first: a 401 makes
     // the gateway read the file again too, which would hide a watcher that missed it.
     std::thread::sleep(Duration::from_millis(2500));

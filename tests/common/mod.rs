@@ -416,6 +416,22 @@ fn listens(pid: u32, port: u16) -> bool {
     })
 }
 
+/// Put a new file with `contents` in place of `path`, as Kubernetes updates a mounted
+/// Secret, keeping the old file's modification time (as `cp -p` does): with contents of
+/// the same length, only which file the path names tells the change.
+pub fn swap_in_keeping_time(path: &Path, contents: &str) {
+    let staged = path.with_extension("swapped-in");
+    std::fs::write(&staged, contents).unwrap();
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
