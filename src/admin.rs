@@ -10,13 +10,14 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::pipeline::Gate;
+use crate::server::SimpleLimits;
 
 pub async fn serve(listener: TcpListener, gate: Arc<Gate>) {
-    crate::server::serve_simple(listener, move |request| {
+    let answer = move |request| {
         let gate = gate.clone();
         async move { answer(&gate, &request) }
-    })
-    .await
+    };
+    crate::server::serve_simple(listener, answer, Some(SimpleLimits::ADMIN)).await
 }
 
 /// Ready when an IAM token is held and the audit trail takes records (the config is

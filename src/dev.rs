@@ -57,7 +57,7 @@ where
         .await
         .map_err(|e| format!("cannot start {what}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(crate::server::serve_simple(listener, answer));
+    tokio::spawn(crate::server::serve_simple(listener, answer, None));
     Ok(addr)
 }
 

@@ -735,16 +735,60 @@ impl Body for Tracked {
     }
 }
 
+/// How a [`serve_simple`] listener guards itself against callers that hold connections.
+#[derive(Clone, Copy)]
+pub struct SimpleLimits {
+    /// Connections held at once; more are closed as they arrive.
+    max_connections: usize,
+    /// Time to send a request head, and to stay idle between requests.
+    head_timeout: Duration,
+    /// Time any one connection is kept, since hyper has no clock while it tells HTTP/1
+    /// from HTTP/2, so a connection that sends nothing at all would otherwise stay.
+    lifetime: Duration,
+}
+
+impl SimpleLimits {
+    /// The admin listener's: probes and scrapers need a few connections and answers take
+    /// milliseconds, and a flood of connections must not take the descriptors the client
+    /// listener, IAM and the audit trail need.
+    pub const ADMIN: SimpleLimits = SimpleLimits {
+        max_connections: 256,
+        head_timeout: Duration::from_secs(5),
+        lifetime: Duration::from_secs(30),
+    };
+}
+
 /// A small plain-HTTP server for the admin endpoints and the dev stand-ins: every
 /// connection on its own task, every request answered by `answer`, until dropped.
-pub async fn serve_simple<A, F>(listener: TcpListener, answer: A)
+/// Without `limits` connections are kept as long as their client wants (the dev
+/// stand-ins, whose client is the gateway's pool).
+pub async fn serve_simple<A, F>(listener: TcpListener, answer: A, limits: Option<SimpleLimits>)
 where
     A: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let places = limits.map(|limits| Arc::new(Semaphore::new(limits.max_connections)));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                crate::throttled!(warn!(%error, "accept failed on a simple listener"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let place = match &places {
+            Some(places) => match places.clone().try_acquire_owned() {
+                Ok(place) => Some(place),
+                Err(_) => {
+                    crate::throttled!(warn!(
+                        listener = ?listener.local_addr().ok(),
+                        "connections at their limit; closing a new one"
+                    ));
+                    continue;
+                }
+            },
+            None => None,
         };
         let answer = answer.clone();
         tokio::spawn(async move {
@@ -752,9 +796,27 @@ where
                 let reply = answer(request);
                 async move { Ok::<_, std::convert::Infallible>(reply.await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let Some(limits) = limits else {
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                return;
+            };
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.head_timeout);
+            let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            if tokio::time::timeout(limits.lifetime, connection.as_mut())
+                .await
+                .is_err()
+            {
+                // Let an answer being written finish, but not for long.
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.head_timeout, connection).await;
+            }
+            drop(place);
         });
     }
 }

@@ -445,3 +445,33 @@ fn small_buffered(addr: std::net::SocketAddr) -> TcpStream {
         stream
     })
 }
+
+#[test]
+fn the_admin_listener_cuts_off_stalled_connections_and_holds_a_bounded_number() {
+    let swr = StandInSwr::start();
+    let (admin, admin_config) = with_admin();
+    let _gate = Gateway::start_with(&swr.url(), &admin_config, |_| {});
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+
+    let mut stalled = TcpStream::connect(admin).unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n")
+        .unwrap();
+    let waited = closed_within(stalled, Duration::from_secs(15));
+    assert!(waited < Duration::from_secs(8), "closed after {waited:?}");
+
+    // 256 connections that send nothing take every place; the next is closed at once.
+    let held: Vec<TcpStream> = (0..256)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    // Accepted in the order they came, so this one after all of them.
+    let waited = closed_within(TcpStream::connect(admin).unwrap(), Duration::from_secs(10));
+    assert!(waited < Duration::from_secs(1), "closed after {waited:?}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let healthz = request_bytes("127.0.0.1", "GET", "/healthz", &[], b"");
+    while try_send_bytes(admin, &healthz).map(|a| a.status) != Some(200) {
+        assert!(Instant::now() < deadline, "places were not given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
