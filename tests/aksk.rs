@@ -47,7 +47,7 @@ fn signed(method: &str, path: &str, body: &[u8], secret: &str, date: u64) -> Vec
     );
     headers.insert(
         "x-sdk-date",
-        sdk_sign::format_sdk_date(date).parse().unwrap(),
+        sdk_sign::format_sdk_date(date).unwrap().parse().unwrap(),
     );
     let payload = sdk_sign::payload_hash(body, None);
     let parts = RequestParts {

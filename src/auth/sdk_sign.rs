@@ -133,7 +133,7 @@ pub fn payload_hash(body: &[u8], content_sha256_header: Option<&str>) -> String 
 }
 
 /// Build the SDK canonical request for `signed_headers` (lower-case, sorted, unique).
-pub fn canonical_request(
+fn canonical_request(
     req: &RequestParts<'_>,
     signed_headers: &[String],
 ) -> Result<String, SignError> {
@@ -158,7 +158,7 @@ pub fn canonical_request(
 }
 
 /// `SDK-HMAC-SHA256\n{x-sdk-date}\n{hex sha256(canonical request)}`, as every SDK builds it.
-pub fn string_to_sign(sdk_date: &str, canonical_request: &str) -> String {
+fn string_to_sign(sdk_date: &str, canonical_request: &str) -> String {
     format!(
         "{ALGORITHM}\n{sdk_date}\n{}",
         sha256_hex(canonical_request.as_bytes())
@@ -166,7 +166,7 @@ pub fn string_to_sign(sdk_date: &str, canonical_request: &str) -> String {
 }
 
 /// Hex HMAC-SHA256 of string_to_sign keyed by the SK.
-pub fn signature(secret_key: &[u8], string_to_sign: &str) -> String {
+fn signature(secret_key: &[u8], string_to_sign: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret_key);
     hex(hmac::sign(&key, string_to_sign.as_bytes()).as_ref())
 }
@@ -187,47 +187,25 @@ pub fn verify(
     Ok(date.to_owned())
 }
 
-/// Parse `YYYYMMDDTHHMMSSZ` (UTC) into seconds since the Unix epoch.
+/// `YYYYMMDDTHHMMSSZ`, in UTC. Four-digit years whatever features `time` is built with.
+const SDK_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year range:standard][month][day]T[hour][minute][second]Z");
+
+/// Parse `YYYYMMDDTHHMMSSZ` (UTC, not before 1970) into seconds since the Unix epoch.
 pub fn parse_sdk_date(value: &str) -> Result<u64, SignError> {
     const BAD: SignError = SignError::Malformed("x-sdk-date is not YYYYMMDDTHHMMSSZ");
-    let b = value.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    // Sixteen bytes: no sign before the year, which the parser would take.
+    if value.len() != 16 {
         return Err(BAD);
     }
-    let num = |from: usize, to: usize| -> Result<u64, SignError> {
-        b[from..to].iter().try_fold(0, |acc, &d| {
-            if d.is_ascii_digit() {
-                Ok(acc * 10 + u64::from(d - b'0'))
-            } else {
-                Err(BAD)
-            }
-        })
-    };
-    let (year, month, day) = (num(0, 4)?, num(4, 6)?, num(6, 8)?);
-    let (hour, min, sec) = (num(9, 11)?, num(11, 13)?, num(13, 15)?);
-    if year < 1970
-        || !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || min > 59
-        || sec > 59
-    {
-        return Err(BAD);
-    }
-    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + min * 60 + sec)
+    let at = time::PrimitiveDateTime::parse(value, SDK_DATE).map_err(|_| BAD)?;
+    u64::try_from(at.assume_utc().unix_timestamp()).map_err(|_| BAD)
 }
 
-/// Format seconds since the Unix epoch as `YYYYMMDDTHHMMSSZ`.
-pub fn format_sdk_date(unix_secs: u64) -> String {
-    let (year, month, day) = civil_from_days(unix_secs / 86_400);
-    let secs = unix_secs % 86_400;
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        secs / 3_600,
-        secs / 60 % 60,
-        secs % 60
-    )
+/// Format seconds since the Unix epoch as `YYYYMMDDTHHMMSSZ`; `None` past year 9999.
+pub fn format_sdk_date(unix_secs: u64) -> Option<String> {
+    let at = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix_secs).ok()?).ok()?;
+    at.format(SDK_DATE).ok()
 }
 
 /// Lowercase hex SHA-256, the form the SDKs use for payload and canonical-request hashes.
@@ -383,45 +361,6 @@ fn percent_encode(s: &str, out: &mut String) {
             ]);
         }
     }
-}
-
-fn is_leap(year: u64) -> bool {
-    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
-}
-
-fn days_in_month(year: u64, month: u64) -> u64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 for a proleptic Gregorian date with `year >= 1970`
-/// (Howard Hinnant's `days_from_civil`, unsigned because dates before 1970 are rejected).
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let yoe = y % 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Inverse of [`days_from_civil`].
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -872,10 +811,10 @@ mod tests {
         ];
         for (text, secs) in cases {
             assert_eq!(parse_sdk_date(text), Ok(secs), "{text}");
-            assert_eq!(format_sdk_date(secs), text);
+            assert_eq!(format_sdk_date(secs).as_deref(), Some(text));
         }
         for secs in (0..400 * 366).map(|d| d * 86_399 + 7) {
-            assert_eq!(parse_sdk_date(&format_sdk_date(secs)), Ok(secs));
+            assert_eq!(parse_sdk_date(&format_sdk_date(secs).unwrap()), Ok(secs));
         }
         for bad in [
             "",
@@ -957,7 +896,8 @@ mod tests {
             long_path.as_str(),
             long_escapes.as_str(),
         ];
-        let _ = format_sdk_date(u64::MAX);
+        assert_eq!(format_sdk_date(253_402_300_800), None);
+        assert_eq!(format_sdk_date(u64::MAX), None);
         let h = headers(&[("x-sdk-date", "20060102T150405Z"), ("host", "h")]);
         for input in inputs {
             let _ = parse_authorization(input);
