@@ -291,3 +291,76 @@ fn a_symlink_loop_or_an_emptied_routes_file_changes_nothing() {
     assert!(swr.received().is_empty());
     assert!(gate.stop().success(), "SIGTERM still stops it");
 }
+
+#[test]
+fn a_gateway_whose_log_reader_has_gone_answers_and_stops_cleanly() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let swr = StandInSwr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.toml");
+    // Retried on another port when the one picked was taken before the gateway bound it.
+    let (mut gateway, addr) = (0..5)
+        .find_map(|_| {
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            std::fs::write(&path, config(addr, &swr.url(), "")).unwrap();
+            let mut gateway = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("SWR_GATE_TEST_TOKEN", TOKEN)
+                .env("RUST_LOG", "debug")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let log = std::io::BufReader::new(gateway.stderr.take().unwrap());
+            // The log's reader goes away once the gateway listens: every later line
+            // (a debug line per request) meets a closed pipe.
+            let listening = log
+                .lines()
+                .map_while(Result::ok)
+                .any(|line| line.contains("swr-gate listening"));
+            if listening {
+                Some((gateway, addr))
+            } else {
+                let _ = gateway.wait();
+                None
+            }
+        })
+        .expect("the gateway listens");
+
+    let forwarded = http_request(
+        addr,
+        "127.0.0.1",
+        "POST",
+        CREATE,
+        &[("x-api-key", API_KEY), ("content-type", "application/json")],
+        grants(3).as_bytes(),
+    );
+    assert_eq!(forwarded.status, 201);
+    let refused = http_request(
+        addr,
+        "127.0.0.1",
+        "GET",
+        "/v2/unknown",
+        &[("x-api-key", API_KEY)],
+        b"",
+    );
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (404, "SWR.GATE.4040001")
+    );
+
+    signal(gateway.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = gateway.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "a panic exits with 101");
+}
