@@ -1168,15 +1168,21 @@ fn days_between(now: SystemTime, at: i64) -> i64 {
     at.saturating_sub(now).div_euclid(86_400)
 }
 
-/// Whether a character shows: not white space, and not one of the format and filler
-/// characters that render as nothing (zero-width space, BOM, word joiner, Hangul fillers).
+/// Whether a character shows: not white space or a control character, and not one
+/// that renders as nothing: Unicode's default-ignorable code points (zero-width space,
+/// BOM, word joiner, variation selectors, tag characters, Hangul fillers and the like)
+/// and a few more format characters (interlinear annotation, Egyptian format controls,
+/// braille blank).
 fn is_visible(c: char) -> bool {
     !c.is_whitespace()
+        && !c.is_control()
         && !matches!(c,
             '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
             | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-            | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}')
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Seconds since the epoch of an RFC 3339 time such as `2026-12-31T16:00:00.000Z` (or
@@ -1345,6 +1351,11 @@ mod tests {
         assert!(!has(Some("")));
         assert!(!has(Some(" \t ")));
         assert!(!has(Some("\u{200B}\u{FEFF}\u{180E}\u{3000}\u{2060}")));
+        // Tag characters, variation selectors, musical and shorthand format controls,
+        // interlinear annotation, C1 controls.
+        assert!(!has(Some(
+            "\u{E0001}\u{E0041}\u{E007F}\u{E0100}\u{1D173}\u{1BCA0}\u{FFF9}\u{13430}\u{0085}\u{0090}"
+        )));
         assert!(has(Some("release candidates")));
         assert!(has(Some("\u{200B}ok")));
     }
