@@ -374,7 +374,22 @@ impl AuditLog {
     /// this: a gateway taken out of service for an unwritable trail gets no request whose
     /// write could tell it that the disk has room again.
     pub fn is_writable(&self) -> bool {
+        if self.health.writable.load(Ordering::Relaxed) {
+            self.notice_rotation();
+        }
         self.health.writable.load(Ordering::Relaxed) || self.look() == Look::Writable
+    }
+
+    /// Follow a trail moved away while no record is written, so that a path that can no
+    /// longer be opened shows in readiness before a request is refused for it.
+    fn notice_rotation(&self) {
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return;
+        };
+        writer.follow_rotation();
+        if let Sink::Unopened { .. } = writer.sink {
+            self.health.writable.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Whether a request recorded only once SWR answered (a forward) may go. While
@@ -790,6 +805,21 @@ impl Writer {
         self.sealed
     }
 
+    /// Open the path anew when the file was moved away or replaced since it was opened
+    /// (logrotate without SIGHUP), looking at most once a second.
+    fn follow_rotation(&mut self) {
+        if self.last_rotation_check.elapsed() < ROTATION_CHECK {
+            return;
+        }
+        self.last_rotation_check = Instant::now();
+        if self.sink.rotated() {
+            tracing::info!("the audit file was moved away; opening a new one");
+            if let Err(error) = self.sink.reopen() {
+                tracing::error!(%error, "audit file could not be reopened");
+            }
+        }
+    }
+
     /// Write the buffer out in one append: how many records it held, and whether they are
     /// in the file. Records that could not be written leave the chain, which goes on from
     /// the last record in the file.
@@ -798,15 +828,7 @@ impl Writer {
         if records == 0 {
             return (0, Ok(()));
         }
-        if self.last_rotation_check.elapsed() >= ROTATION_CHECK {
-            self.last_rotation_check = Instant::now();
-            if self.sink.rotated() {
-                tracing::info!("the audit file was moved away; opening a new one");
-                if let Err(error) = self.sink.reopen() {
-                    tracing::error!(%error, "audit file could not be reopened");
-                }
-            }
-        }
+        self.follow_rotation();
         let outcome = self.sink.append(&self.pending);
         self.pending.clear();
         match &outcome {

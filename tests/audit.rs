@@ -337,11 +337,7 @@ fn a_trail_that_cannot_be_reopened_refuses_until_it_can_and_readyz_follows() {
     assert!(readyz(admin).contains("audit"), "{}", readyz(admin));
 
     std::fs::remove_dir(&path).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while readyz(admin) != "ready\n" {
-        assert!(std::time::Instant::now() < deadline, "{}", readyz(admin));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_readyz(admin, Duration::from_secs(10), |body| body == "ready\n");
     assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
     gate.stop();
     let (ok, output) = verify(&[&rotated, &path]);
@@ -350,6 +346,30 @@ fn a_trail_that_cannot_be_reopened_refuses_until_it_can_and_readyz_follows() {
         std::fs::read_to_string(&rotated).unwrap().lines().count(),
         2
     );
+}
+
+/// A trail moved away with no SIGHUP and no traffic: /readyz looks at the path by
+/// itself, so a path that cannot be opened takes the gateway out of service before a
+/// request is refused for it.
+#[test]
+fn readyz_notices_a_trail_moved_away_without_a_request() {
+    let swr = StandInSwr::start();
+    let (admin, admin_section) = with_admin();
+    let mut gate = Gateway::start_with(&swr.url(), &admin_section, |_| {});
+    let path = gate.audit_path();
+    let rotated = path.with_extension("jsonl.1");
+    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
+    assert_eq!(readyz(admin), "ready\n");
+    std::fs::rename(&path, &rotated).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    wait_for_readyz(admin, Duration::from_secs(5), |body| body.contains("audit"));
+
+    std::fs::remove_dir(&path).unwrap();
+    wait_for_readyz(admin, Duration::from_secs(10), |body| body == "ready\n");
+    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
+    gate.stop();
+    let (ok, output) = verify(&[&rotated, &path]);
+    assert!(ok, "{output}");
 }
 
 #[test]

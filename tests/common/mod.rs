@@ -391,6 +391,20 @@ pub fn readyz(admin: u16) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Poll `GET /readyz` until `done` holds for its body; a panic with the last body after
+/// `limit`.
+pub fn wait_for_readyz(admin: u16, limit: Duration, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let body = readyz(admin);
+        if done(&body) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Whether process `pid` holds the socket that listens on `port` (Linux: the listening
 /// socket's inode in /proc/net/tcp among the process's descriptors).
 fn listens(pid: u32, port: u16) -> bool {
