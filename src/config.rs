@@ -266,7 +266,7 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dur
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
-            "{text:?} is not a duration like \"250ms\", \"10s\" or \"1h\": {e}"
+            "{text:?} is not a duration like 250ms, 10s or 1h: {e}"
         ))
     })
 }
@@ -347,6 +347,50 @@ impl Iam {
     }
 }
 
+/// toml's error without any value from the file: the line is shown up to its `=`, and
+/// quoted strings in the message are elided, since the value may be a secret put where
+/// it does not belong (`password = "…"` under `[iam]`), and `check`'s output and the
+/// reload's log line are read by more people than the file is.
+fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
+    let message = elide_quoted(error.message().trim_end());
+    let Some(span) = error.span() else {
+        return format!("{}: {message}", path.display());
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    let source = text.lines().nth(line - 1).unwrap_or_default();
+    let shown = match source.split_once('=') {
+        _ if source.trim_start().starts_with('[') => source.to_owned(),
+        Some((key, _)) => format!("{key}= …"),
+        None => "…".to_owned(),
+    };
+    format!(
+        "{}: TOML parse error at line {line}, column {column}\n  |\n{line} | {shown}\n  |\n{message}",
+        path.display()
+    )
+}
+
+/// `text` with every double-quoted string shown as `"…"`.
+fn elide_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut parts = text.split('"');
+    out.push_str(parts.next().unwrap_or_default());
+    let mut quoted = true;
+    for part in parts {
+        out.push('"');
+        out.push_str(if quoted { "…" } else { part });
+        quoted = !quoted;
+    }
+    out
+}
+
 impl Config {
     /// Parse a config file. The error names the file, and toml's message names the line.
     pub fn load(path: &Path) -> Result<Config, String> {
@@ -355,8 +399,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
         config.source = Some((path.to_path_buf(), text.into()));
         config.base_dir = path
             .parent()

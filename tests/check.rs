@@ -169,6 +169,29 @@ fn an_unknown_key_is_named_with_its_line() {
     );
 }
 
+/// A secret written into the file by mistake is named by its key and line, never shown:
+/// check's output and the reload's log line are read by more people than the file is.
+#[test]
+fn a_secret_put_in_the_file_is_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.toml");
+    let config = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "");
+    for (placed, line) in [
+        ("[iam]\n", "password = \"hunter2-secret\"\n"),
+        ("[server]\n", "header_timeout = \"hunter2-secret\"\n"),
+        ("[iam]\n", "password = \"\"\"\nhunter2-secret\n"),
+    ] {
+        std::fs::write(&path, config.replace(placed, &format!("{placed}{line}"))).unwrap();
+        let (ok, output) = check(&path);
+        assert!(!ok);
+        assert!(
+            output.contains("gate.toml") && output.contains("line "),
+            "{output}"
+        );
+        assert!(!output.contains("hunter2"), "{output}");
+    }
+}
+
 #[test]
 fn missing_and_broken_schemas_and_routes_are_all_reported() {
     let dir = tempfile::tempdir().unwrap();
