@@ -62,8 +62,18 @@ pub fn url(
             })?,
         (Some(_), Some(_)) => return Err(format!("give {what} or {what}_env, not both")),
     };
-    redis::Client::open(url.as_str())
+    let client = redis::Client::open(url.as_str())
         .map_err(|error| format!("{what} is not a Redis URL: {error}"))?;
+    let has_password = client
+        .get_connection_info()
+        .redis_settings()
+        .password()
+        .is_some();
+    if has_password && written.is_some() {
+        return Err(format!(
+            "{what} holds a password, which never stands in the file: put the URL in an environment variable named by {what}_env"
+        ));
+    }
     Ok(Some(url))
 }
 
@@ -84,6 +94,8 @@ mod tests {
             (Some("redis://127.0.0.1:99999"), None),
             (None, Some("SWR_GATE_TEST_REDIS_LINK_UNSET")),
             (Some("redis://a"), Some("SWR_GATE_TEST_REDIS_LINK")),
+            (Some("redis://:secret@127.0.0.1:1"), None),
+            (Some("redis://user:secret@127.0.0.1:1"), None),
         ] {
             assert!(url(written, variable, "redis_url").is_err(), "{written:?}");
         }
