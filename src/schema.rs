@@ -83,18 +83,40 @@ fn message(error: &jsonschema::ValidationError) -> String {
 }
 
 /// The line on which the value at JSON `pointer` starts in `text`, a valid JSON document.
+/// A `$ref` step (jsonschema's paths go through references: `/items/$ref/properties/x`)
+/// goes on from where a local reference (`#/$defs/grant`) points.
 fn line_of(text: &str, pointer: &str) -> Option<usize> {
+    let at = offset_of(text, pointer, 0)?;
+    Some(text[..at].matches('\n').count() + 1)
+}
+
+/// Where the value at `pointer` starts in `text`; `hops` counts the references followed,
+/// so that references in a loop end.
+fn offset_of(text: &str, pointer: &str, hops: usize) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut at = skip_space(bytes, 0);
-    for token in pointer.split('/').skip(1) {
+    let mut tokens = pointer.split('/').skip(1);
+    while let Some(token) = tokens.next() {
         let token = token.replace("~1", "/").replace("~0", "~");
+        if token == "$ref" && hops < 8 && bytes.get(at) == Some(&b'{') {
+            let reference = member(text, at, "$ref")?;
+            let end = skip_value(bytes, reference)?;
+            let reference: String = serde_json::from_str(&text[reference..end]).ok()?;
+            let rest: Vec<&str> = tokens.collect();
+            let target = reference.strip_prefix('#')?;
+            let pointer = match rest.is_empty() {
+                true => target.to_owned(),
+                false => format!("{target}/{}", rest.join("/")),
+            };
+            return offset_of(text, &pointer, hops + 1);
+        }
         at = match bytes.get(at)? {
             b'{' => member(text, at, &token)?,
             b'[' => element(bytes, at, token.parse().ok()?)?,
             _ => return None,
         };
     }
-    Some(text[..at].matches('\n').count() + 1)
+    Some(at)
 }
 
 /// Where the value of `key` starts in the object at `at`: its last, as serde_json keeps
@@ -274,6 +296,20 @@ mod tests {
         assert_eq!(line_of(text, "/prefixItems/0/x"), Some(4));
         assert_eq!(line_of(text, "/nope"), None);
         assert_eq!(line_of("{\"a\": 1,\n\"a\": {}}", "/a"), Some(2));
+        let referring =
+            "{\"items\": {\"$ref\": \"#/$defs/grant\"},\n\"$defs\": {\"grant\":\n{\n\"p\": 1}}}";
+        assert_eq!(line_of(referring, "/items/$ref"), Some(3));
+        assert_eq!(line_of(referring, "/items/$ref/p"), Some(4));
+        let looping = "{\"a\": {\"$ref\": \"#/a\"}}";
+        assert_eq!(
+            line_of(looping, "/a/$ref/$ref/$ref/$ref/$ref/$ref/$ref/$ref/$ref/x"),
+            None
+        );
+
+        // A bad regex behind a reference, as in the shipped grant schema.
+        let text = "{\"items\": {\"$ref\": \"#/$defs/grant\"},\n\"$defs\": {\"grant\": {\n\"properties\": {\"user_id\":\n{\"pattern\": \"^[0-9a-f]{32$\"}}}}}";
+        let error = Schema::load(text).err().unwrap();
+        assert!(error.starts_with("line 4: "), "{error}");
 
         let error = Schema::load(r##"{"$ref": "#/$defs/missing"}"##)
             .err()
