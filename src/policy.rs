@@ -294,7 +294,11 @@ impl Policies {
 
         let mut enforced = PolicySet::new();
         let mut shadow = PolicySet::new();
-        let mut all = PolicySet::new();
+        // Every policy that parses is validated, also one refused for its @id, so that one
+        // problem does not hide another: each under an id of its own, placed by file and
+        // offset.
+        let mut checked = PolicySet::new();
+        let mut places: HashMap<String, (usize, usize)> = HashMap::new();
         let mut about: HashMap<String, About> = HashMap::new();
         for (file, source) in files.iter().enumerate() {
             let set = match PolicySet::from_str(&source.text) {
@@ -332,8 +336,19 @@ impl Policies {
                         Some(found)
                     })
                     .unwrap_or(cursor);
-                let id = match policy.annotation("id") {
-                    Some(id) if !id.trim().is_empty() => id.to_owned(),
+                let named = policy.annotation("id").filter(|id| !id.trim().is_empty());
+                let checked_as = match named {
+                    Some(id) if !about.contains_key(id) => id.to_owned(),
+                    _ => format!("{}@{offset}", source.name),
+                };
+                if checked
+                    .add(policy.new_id(PolicyId::new(&checked_as)))
+                    .is_ok()
+                {
+                    places.insert(checked_as, (file, offset));
+                }
+                let id = match named {
+                    Some(id) => id.to_owned(),
                     _ => {
                         problems.push(source.at(
                             Some(offset),
@@ -360,7 +375,7 @@ impl Policies {
                 } else {
                     &mut enforced
                 };
-                if let Err(error) = set.add(policy.clone()).and(all.add(policy.clone())) {
+                if let Err(error) = set.add(policy.clone()) {
                     problems.push(source.at(Some(offset), &error.to_string(), None));
                     continue;
                 }
@@ -379,8 +394,11 @@ impl Policies {
         let Some(schema) = schema else {
             return Err(problems);
         };
-        let place = |id: &PolicyId| about.get(key(id)).map(|a| (&files[a.file], a.offset));
-        let validation = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
+        let place = |id: &PolicyId| {
+            let &(file, offset) = places.get(key(id))?;
+            Some((&files[file], offset))
+        };
+        let validation = Validator::new(schema.clone()).validate(&checked, ValidationMode::Strict);
         // The validator reports a mistake once per action it applies to; once is enough.
         let mut seen = HashSet::new();
         for error in validation.validation_errors() {
@@ -1602,6 +1620,18 @@ mod tests {
             problems,
             ["b.cedar:2: @id(\"same\") is already used at a.cedar:1"]
         );
+        // A policy refused for its @id is still checked: one problem hides no other.
+        let second = "\n@id(\"same\")\nforbid (principal, action, resource)\nwhen { context.max_auht <= 3 };\n";
+        let problems = load(&[("a.cedar", first), ("b.cedar", second)]).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("b.cedar:2: @id"), "{problems:?}");
+        assert!(
+            problems[1].starts_with("b.cedar:4: ") && problems[1].contains("max_auth"),
+            "{problems:?}"
+        );
+        let no_id = "@id(\"a\")\npermit (principal, action, resource);\n\npermit (principal, action, resource)\nwhen { context.max_auht <= 3 };\n";
+        let problems = load(&[("x.cedar", no_id)]).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
 
         let syntax =
             "@id(\"a\")\npermit (principal, action, resource)\nwhen { context.max_auth <= };\n";
