@@ -560,13 +560,16 @@ fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Tok
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }
-    let forwarded_for = match client_headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(chain) => format!("{chain}, {}", exchange.peer.ip()),
-        None => exchange.peer.ip().to_string(),
-    };
+    // Every X-Forwarded-For line the client sent, in order, as one list (RFC 9110 §5.3),
+    // then the peer as policies see it (an IPv4 client of a dual-stack listener as IPv4).
+    let peer = exchange.peer.ip().to_canonical().to_string();
+    let forwarded_for = client_headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .chain([peer.as_str()])
+        .collect::<Vec<_>>()
+        .join(", ");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }

@@ -272,9 +272,9 @@ fn is_client_credential(name: &HeaderName) -> bool {
     ) || name.starts_with("x-sdk-")
 }
 
-/// What SWR may see of the client's headers: no credential of the client's, no
-/// hop-by-hop header, no framing we did not choose. Built by copying what may pass
-/// rather than removing what may not, so an unforeseen header costs nothing extra.
+/// What SWR may see of the client's headers: all but a credential of the client's, a
+/// hop-by-hop header or framing we did not choose. SWR's API takes headers of its own
+/// (`X-Project-Id`, `X-Language`) that a list of what may pass would have to follow.
 pub fn request_headers_for_upstream(client_headers: &HeaderMap) -> HeaderMap {
     let connection_named = named_by_connection(client_headers);
     let mut headers = HeaderMap::with_capacity(client_headers.len());
