@@ -1,7 +1,7 @@
 //! swr-gate: a policy gateway in front of Huawei Cloud SWR's permission API.
 //!
-//! A request goes through [`pipeline`]: [`route`] → [`auth`] → [`body`] → [`schema`] →
-//! [`policy`] → [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`];
+//! A request goes through [`pipeline`]: [`route`] → [`auth`] → [`ratelimit`] → [`body`] →
+//! [`schema`] → [`policy`] → [`iam`] token → [`upstream`] → [`audit`]. What reloads lives in one [`snapshot`];
 //! requests are served on the single-threaded runtimes of [`workers`].
 
 pub mod admin;

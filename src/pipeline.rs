@@ -1,5 +1,6 @@
 //! The request pipeline, in the order the product sentence says it:
-//! route → authenticate → read body → schema → policy → token → forward → audit.
+//! route → authenticate → rate-limit → read body → schema → policy → token → forward →
+//! audit.
 //! Each stage lives in its own module; this file only puts them in order and keeps the
 //! account of what happened for the audit record.
 

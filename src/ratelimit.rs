@@ -1,6 +1,8 @@
 //! Rate limits (`[[rate_limits]]`): GCRA per key, in process with `governor` or shared by
 //! several replicas through one Redis script call per check. Checked after
-//! authentication and before the body is read, so a flood costs no body parsing.
+//! authentication and before the body is parsed, so a flood costs no JSON parsing,
+//! schema or policy; the body of an AK/SK request is read before, since its signature
+//! covers it.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
