@@ -351,7 +351,7 @@ fn configured_groups(config: &Config, client: &str) -> Option<Vec<String>> {
 pub struct EvalArgs {
     #[arg(long)]
     pub config: PathBuf,
-    /// A [[clients]] id (or "anonymous" when allow_anonymous is on).
+    /// A `[[clients]]` id (or "anonymous" when allow_anonymous is on).
     #[arg(long)]
     pub client: String,
     #[arg(long)]

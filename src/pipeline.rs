@@ -129,7 +129,7 @@ pub fn refuse_unreadable(gate: &Gate, peer: SocketAddr, error: GateError) -> Res
 }
 
 /// The answer when a request's task failed (a panic): 500, never a dropped connection.
-/// Its audit record is the one [`Account`] wrote, under the same request id.
+/// Its audit record is the one the request's account wrote, under the same request id.
 pub fn failed(error: tokio::task::JoinError, request_id: &str) -> Response<GateBody> {
     tracing::error!(%error, request_id, "a request's handling failed");
     GateError::new(ErrorKind::Internal, "the request could not be handled")

@@ -11,7 +11,7 @@ use x509_parser::x509::X509Name;
 /// What the TLS handshake proved about the peer: its verified certificate's names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerCertificate {
-    /// The subject as a canonical [`Subject`] string; `None` when an attribute is not a
+    /// The subject as a canonical string (`O=Acme, CN=ops-admin`); `None` when an attribute is not a
     /// string (the certificate can still match by `tls_san`).
     pub subject: Option<String>,
     pub sans: Vec<San>,
