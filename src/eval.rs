@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::auth::AuthMethod;
 use crate::body;
 use crate::config::{Config, PolicyMode, Unmatched};
-use crate::error::{ErrorKind, GateError};
+use crate::error::GateError;
 use crate::policy::{self, Context, Decision, Query};
 use crate::route::{Resolved, Target};
 use crate::snapshot::Rules;
@@ -106,11 +106,7 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
                         report,
                         "route     no guarded route; [upstream] unmatched = \"reject\""
                     );
-                    let error = GateError::new(
-                        ErrorKind::UnmatchedRoute,
-                        format!("{method} {path} is not an operation this gateway serves"),
-                    );
-                    return refused(report, error);
+                    return refused(report, crate::route::unmatched(&method, path));
                 }
                 Ok(Resolved::Unmatched { .. }) => {
                     (policy::FORWARD.to_owned(), None, Target::default())
@@ -157,10 +153,9 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
                     return refused(report, error);
                 }
             };
-            let violations = rules.schemas[route].validate(&document);
-            if !violations.is_empty() {
-                let _ = writeln!(report, "schema    {} violation(s)", violations.len());
-                for v in &violations {
+            if let Err(error) = rules.schemas[route].check(&action, &document) {
+                let _ = writeln!(report, "schema    {} violation(s)", error.details.len());
+                for v in &error.details {
                     let _ = writeln!(
                         report,
                         "  {:<10} {:<10} {}",
@@ -169,11 +164,6 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
                         v.message
                     );
                 }
-                let error = GateError::new(
-                    ErrorKind::SchemaViolation,
-                    format!("request body does not match the schema of {action}"),
-                )
-                .with_details(violations);
                 return refused(report, error);
             }
             let _ = writeln!(report, "schema    ok");

@@ -194,14 +194,7 @@ async fn process(
     if matches!(resolved, Resolved::Unmatched { .. })
         && snapshot.config.upstream.unmatched == Unmatched::Reject
     {
-        return Err(GateError::new(
-            ErrorKind::UnmatchedRoute,
-            format!(
-                "{} {} is not an operation this gateway serves",
-                parts.method,
-                parts.uri.path()
-            ),
-        ));
+        return Err(crate::route::unmatched(&parts.method, parts.uri.path()));
     }
 
     let guarded = matches!(resolved, Resolved::Guarded { .. });
@@ -232,14 +225,7 @@ async fn process(
             exchange.describe(&document);
 
             let operation = &snapshot.routes.route(route).operation;
-            let violations = snapshot.schemas[route].validate(&document);
-            if !violations.is_empty() {
-                return Err(GateError::new(
-                    ErrorKind::SchemaViolation,
-                    format!("request body does not match the schema of {operation}"),
-                )
-                .with_details(violations));
-            }
+            snapshot.schemas[route].check(operation, &document)?;
             decide(snapshot, exchange, operation, Some(&document))?;
 
             let token = gate.tokens.current().await?;

@@ -83,6 +83,14 @@ pub struct RouteFile {
 
 /// A `sibling_methods` entry. Compared exactly, as HTTP methods are, so it must be
 /// written in uppercase like every method SWR serves.
+/// The refusal of a request no guarded route matches, under `unmatched = "reject"`.
+pub fn unmatched(method: &Method, path: &str) -> GateError {
+    GateError::new(
+        ErrorKind::UnmatchedRoute,
+        format!("{method} {path} is not an operation this gateway serves"),
+    )
+}
+
 pub fn parse_sibling_method(name: &str) -> Result<Method, String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(format!(

@@ -8,7 +8,7 @@ use jsonschema::paths::{LazyLocation, Location};
 use jsonschema::{Keyword, ValidationError, Validator};
 use serde_json::{Map, Value};
 
-use crate::error::Detail;
+use crate::error::{Detail, ErrorKind, GateError};
 
 /// Most violations listed in one answer; a hostile body could otherwise make thousands.
 const MAX_DETAILS: usize = 50;
@@ -48,6 +48,20 @@ impl Schema {
             .build(schema)
             .map(|validator| Schema { validator })
             .map_err(|e| (e.instance_path.to_string(), e.to_string()))
+    }
+
+    /// The refusal of a body that breaks the schema of `operation`, listing every
+    /// violation: what the gateway answers and what `eval` reports.
+    pub fn check(&self, operation: &str, instance: &Value) -> Result<(), GateError> {
+        let violations = self.validate(instance);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(GateError::new(
+            ErrorKind::SchemaViolation,
+            format!("request body does not match the schema of {operation}"),
+        )
+        .with_details(violations))
     }
 
     /// Every violation, each with the JSON pointer of the offending value.
