@@ -16,9 +16,9 @@ pub struct Report {
 pub fn check(config_path: &Path) -> Report {
     let config = match Config::load(config_path) {
         Ok(config) => config,
-        Err(problem) => {
+        Err(problems) => {
             return Report {
-                problems: vec![problem],
+                problems,
                 warnings: Vec::new(),
             }
         }

@@ -13,7 +13,6 @@ use serde::{Deserialize, Deserializer};
 use crate::ratelimit::RateLimitSpec;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: Server,
     pub admin: Option<Admin>,
@@ -38,7 +37,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: SocketAddr,
     #[serde(default = "defaults::max_body_bytes")]
@@ -57,7 +55,6 @@ pub struct Server {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -75,13 +72,11 @@ pub enum ClientAuth {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Upstream {
     #[serde(deserialize_with = "uri")]
     pub url: http::Uri,
@@ -103,7 +98,6 @@ pub enum Unmatched {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Iam {
     pub method: IamMethod,
     #[serde(default, deserialize_with = "optional_uri")]
@@ -133,7 +127,6 @@ pub enum IamMethod {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Policy {
     #[serde(default = "defaults::policy_dir")]
     pub dir: PathBuf,
@@ -159,7 +152,6 @@ pub enum PolicyMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Audit {
     pub path: PathBuf,
     #[serde(default)]
@@ -187,7 +179,6 @@ pub enum OnFailure {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Auth {
     #[serde(default)]
     pub allow_anonymous: bool,
@@ -216,7 +207,6 @@ impl Default for Auth {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClientSpec {
     pub id: String,
     #[serde(default)]
@@ -377,6 +367,60 @@ fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
     )
 }
 
+/// The keys from the top of the file down to an ignored one, `["clients", "1", "foo"]`.
+fn key_path(path: &serde_ignored::Path, keys: &mut Vec<String>) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            key_path(parent, keys);
+            keys.push(index.to_string());
+        }
+        Path::Map { parent, key } => {
+            key_path(parent, keys);
+            keys.push(key.clone());
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent, keys),
+    }
+}
+
+/// A key no setting has, named by its table and line.
+fn unknown_key(path: &Path, text: &str, keys: &[String]) -> String {
+    let (key, table) = keys
+        .split_last()
+        .map_or(("", &[][..]), |(k, t)| (k.as_str(), t));
+    let place = match table {
+        [] => "at the top level".to_owned(),
+        [array, index] if index.parse::<usize>().is_ok() => {
+            let entry = index.parse::<usize>().unwrap_or_default() + 1;
+            format!("in [[{array}]] entry {entry}")
+        }
+        table => format!("in [{}]", table.join(".")),
+    };
+    match key_line(text, keys) {
+        Some(line) => format!("{}:{line}: unknown key `{key}` {place}", path.display()),
+        None => format!("{}: unknown key `{key}` {place}", path.display()),
+    }
+}
+
+/// The line on which the key at `keys` is written.
+fn key_line(text: &str, keys: &[String]) -> Option<usize> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let (last, parents) = keys.split_last()?;
+    let mut item = document.as_item();
+    for key in parents {
+        item = match key.parse::<usize>() {
+            Ok(index) => item.get(index)?,
+            Err(_) => item.get(key.as_str())?,
+        };
+    }
+    let (key, _) = item.as_table_like()?.get_key_value(last)?;
+    let start = key.span()?.start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
+}
+
 /// `text` with every double-quoted string shown as `"…"`.
 fn elide_quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -393,13 +437,34 @@ fn elide_quoted(text: &str) -> String {
 
 impl Config {
     /// Parse a config file. The error names the file, and toml's message names the line.
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
         Config::parse(&text, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+    /// Every unknown key is a problem, each with its line; a value of the wrong type stops
+    /// the reading, as toml reports it.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<String>> {
+        let mut unknown = Vec::new();
+        let parsed: Result<Config, _> =
+            serde_ignored::deserialize(toml::Deserializer::new(text), |ignored| {
+                let mut key = Vec::new();
+                key_path(&ignored, &mut key);
+                unknown.push(key);
+            });
+        let mut problems: Vec<String> = unknown
+            .iter()
+            .map(|key| unknown_key(path, text, key))
+            .collect();
+        let mut config = match parsed {
+            Ok(config) if problems.is_empty() => config,
+            Ok(_) => return Err(problems),
+            Err(error) => {
+                problems.push(parse_error(path, text, &error));
+                return Err(problems);
+            }
+        };
         config.source = Some((path.to_path_buf(), text.into()));
         config.base_dir = path
             .parent()
@@ -629,12 +694,36 @@ api_key_sha256 = "00"
     }
 
     #[test]
-    fn unknown_keys_name_the_line() {
-        let text = MINIMAL.replace("[audit]", "[audit]\nfsnyc = \"always\"");
-        let error = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
-        assert!(error.starts_with("gate.toml: "), "{error}");
-        assert!(error.contains("line 10"), "{error}");
-        assert!(error.contains("fsnyc"), "{error}");
+    fn unknown_keys_are_all_named_with_their_lines() {
+        let text = MINIMAL
+            .replace("[audit]", "[audit]\nfsnyc = \"always\"")
+            .replace("[server]", "[server]\nlisten_on = 1")
+            + "\n[[clients]]\nid = \"a\"\ngroup = [\"x\"]\n\n[admn]\nlisten = \"x\"\n";
+        let problems = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
+        let line = |n: usize| text.lines().nth(n - 1).unwrap_or_default();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        for (problem, (key, place)) in problems.iter().zip([
+            ("listen_on", "in [server]"),
+            ("fsnyc", "in [audit]"),
+            ("group", "in [[clients]] entry 2"),
+            ("admn", "at the top level"),
+        ]) {
+            let (at, rest) = problem
+                .strip_prefix("gate.toml:")
+                .and_then(|p| p.split_once(": "))
+                .unwrap_or_else(|| panic!("{problem}"));
+            assert_eq!(rest, format!("unknown key `{key}` {place}"));
+            assert!(line(at.parse().unwrap()).contains(key), "{problem}");
+        }
+
+        // A wrong value stops the reading; the unknown keys before it are still named.
+        let text = MINIMAL
+            .replace("[server]", "[server]\nlisten_on = 1")
+            .replace("[audit]", "[audit]\nfsync = 5");
+        let problems = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("listen_on"), "{problems:?}");
+        assert!(problems[1].contains("fsync"), "{problems:?}");
     }
 
     #[test]
@@ -689,7 +778,7 @@ project = "cn-north-4""#;
     #[test]
     fn bad_durations_say_what_is_expected() {
         let text = MINIMAL.replace("[upstream]", "[upstream]\ntimeout = \"soon\"");
-        let error = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
-        assert!(error.contains("not a duration"), "{error}");
+        let problems = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
+        assert!(problems[0].contains("not a duration"), "{problems:?}");
     }
 }

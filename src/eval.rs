@@ -319,7 +319,7 @@ fn answer_line(error: &GateError) -> String {
 
 /// Load the config and what decides requests, never the secrets or certificates.
 fn load(config_path: &Path) -> Result<(Config, Rules), String> {
-    let config = Config::load(config_path)?;
+    let config = Config::load(config_path).map_err(|problems| problems.join("\n"))?;
     let rules = Rules::load(&config).map_err(|problems| problems.join("\n"))?;
     Ok((config, rules))
 }

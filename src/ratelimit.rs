@@ -22,7 +22,6 @@ use crate::redis_link;
 
 /// A `[[rate_limits]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     pub id: String,
     pub key: LimitKey,

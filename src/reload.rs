@@ -59,7 +59,7 @@ impl Reloader {
             *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(stamp);
         }
         let path = &self.config_path;
-        let result = Config::load(path).map_err(|e| vec![e]).and_then(|config| {
+        let result = Config::load(path).and_then(|config| {
             let current = gate.snapshot.load_full();
             let next = Snapshot::load(config, Some(&current))?;
             for setting in restart_only_changes(&current.config, &next.config) {

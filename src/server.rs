@@ -64,7 +64,7 @@ pub async fn serve_then(
     config_path: &Path,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
-    let config = Config::load(config_path)?;
+    let config = Config::load(config_path).map_err(|problems| problems.join("\n"))?;
     let snapshot = Snapshot::load(config, None).map_err(|problems| problems.join("\n"))?;
     for warning in snapshot.policies.warnings() {
         tracing::warn!("{warning}");

@@ -164,7 +164,7 @@ fn an_unknown_key_is_named_with_its_line() {
     let (ok, output) = check(&path);
     assert!(!ok);
     assert!(
-        output.contains("gate.toml") && output.contains("line 21") && output.contains("fsnyc"),
+        output.contains("gate.toml:21: unknown key `fsnyc` in [audit]"),
         "{output}"
     );
 }
@@ -184,10 +184,7 @@ fn a_secret_put_in_the_file_is_never_shown() {
         std::fs::write(&path, config.replace(placed, &format!("{placed}{line}"))).unwrap();
         let (ok, output) = check(&path);
         assert!(!ok);
-        assert!(
-            output.contains("gate.toml") && output.contains("line "),
-            "{output}"
-        );
+        assert!(output.contains("gate.toml"), "{output}");
         assert!(!output.contains("hunter2"), "{output}");
     }
 }
