@@ -742,8 +742,8 @@ pub struct SimpleLimits {
     max_connections: usize,
     /// Time to send a request head, and to stay idle between requests.
     head_timeout: Duration,
-    /// Time any one connection is kept, since hyper has no clock while it tells HTTP/1
-    /// from HTTP/2, so a connection that sends nothing at all would otherwise stay.
+    /// Time any one connection is kept: a client that keeps sending requests, or
+    /// trickles one, does not keep its place for ever.
     lifetime: Duration,
 }
 
@@ -803,10 +803,15 @@ where
                     .await;
                 return;
             };
+            // HTTP/1 only (probes and scrapers speak it): hyper's head timer then starts at
+            // the accept, so a connection that sends nothing ends after `head_timeout`
+            // too, not only after `lifetime`.
+            builder = builder.http1_only();
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.head_timeout);
+                .header_read_timeout(limits.head_timeout)
+                .max_buf_size(MAX_HEAD_BYTES);
             let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
             if tokio::time::timeout(limits.lifetime, connection.as_mut())
                 .await
