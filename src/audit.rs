@@ -459,7 +459,8 @@ pub fn hmac_key(var: &str) -> Result<Vec<u8>, String> {
     match std::env::var(var) {
         Ok(key) if !key.is_empty() => Ok(key.into_bytes()),
         _ => Err(format!(
-            "[audit] hmac_key_env: the environment variable {var} is not set, or empty"
+            "[audit] hmac_key_env: the environment variable {} is not set, or empty",
+            crate::config::variable_shown(var)
         )),
     }
 }

@@ -35,9 +35,7 @@ pub fn check(config_path: &Path) -> Report {
         (IamMethod::TokenEnv, Some(variable))
             if std::env::var(variable).map_or(true, |v| v.trim().is_empty()) =>
         {
-            Some(config.locate(format!(
-                "[iam] token_env: the environment variable {variable} is not set or empty here; serve would start but answer 503 SWR.GATE.5030001 (the variable is read at start)"
-            )))
+            Some(config.locate(format!("[iam] token_env: the environment variable {} is not set or empty here; serve would start but answer 503 SWR.GATE.5030001 (the variable is read at start)", crate::config::variable_shown(variable))))
         }
         _ => None,
     };

@@ -254,17 +254,15 @@ mod defaults {
 
 pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration like 250ms, 10s or 1h: {e}"
-        ))
-    })
+    // The value is not repeated: errors name no value from the file.
+    humantime::parse_duration(&text)
+        .map_err(|_| serde::de::Error::custom("not a duration like 250ms, 10s or 1h"))
 }
 
 fn uri<'de, D: Deserializer<'de>>(deserializer: D) -> Result<http::Uri, D::Error> {
     let text = String::deserialize(deserializer)?;
     text.parse()
-        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a URL: {e}")))
+        .map_err(|e| serde::de::Error::custom(format!("not a URL: {e}")))
 }
 
 fn optional_uri<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<http::Uri>, D::Error> {
@@ -327,23 +325,26 @@ impl Iam {
             match endpoint.scheme_str() {
                 Some("https") if !host.is_empty() => {}
                 Some("http") if loopback => {}
-                _ => problems.push(format!(
-                    "[iam] endpoint {:?} must be an https:// URL with a host (http:// only to a loopback address): the password goes there",
-                    endpoint.to_string()
-                )),
+                _ => problems.push(
+                    "[iam] endpoint must be an https:// URL with a host (http:// only to a loopback address): the password goes there".into(),
+                ),
             }
         }
         problems
     }
 }
 
-/// toml's error without any value from the file: the line is shown up to its `=`, and
-/// quoted strings in the message are elided, since the value may be a secret put where
-/// it does not belong (`password = "…"` under `[iam]`), and `check`'s output and the
-/// reload's log line are read by more people than the file is.
+/// toml's error without any value from the file, since the value may be a secret put
+/// where it does not belong (`password = "…"` under `[iam]`), and `check`'s output and
+/// the reload's log line are read by more people than the file is: the line is shown up
+/// to its `=` (a table header up to its `]`), a syntax error in toml's words, which
+/// quote no value, and a wrong value by what was expected, not by what was found.
 fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
-    let message = elide_quoted(error.message().trim_end());
-    let Some(span) = error.span() else {
+    let (message, span) = match toml_edit::ImDocument::parse(text) {
+        Err(syntax) => (syntax.message().trim_end().to_owned(), syntax.span()),
+        Ok(_) => (without_value(error.message().trim_end()), error.span()),
+    };
+    let Some(span) = span else {
         return format!("{}: {message}", path.display());
     };
     let before = text.get(..span.start).unwrap_or(text);
@@ -356,15 +357,54 @@ fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
         .count()
         + 1;
     let source = text.lines().nth(line - 1).unwrap_or_default();
-    let shown = match source.split_once('=') {
-        _ if source.trim_start().starts_with('[') => source.to_owned(),
-        Some((key, _)) => format!("{key}= …"),
-        None => "…".to_owned(),
+    let shown = match (source.trim_start().starts_with('['), source.split_once('=')) {
+        (true, _) => match source.split_once(']') {
+            Some((header, _)) => format!("{header}]"),
+            None => source.to_owned(),
+        },
+        (false, Some((key, _))) => format!("{key}= …"),
+        (false, None) => "…".to_owned(),
     };
     format!(
         "{}: TOML parse error at line {line}, column {column}\n  |\n{line} | {shown}\n  |\n{message}",
         path.display()
     )
+}
+
+/// serde's `invalid type: string "…", expected a string` as `invalid type, expected a
+/// string`. The value stands between the two, so what follows the last `, expected ` is
+/// the setting's own words.
+fn without_value(message: &str) -> String {
+    for kind in [
+        "invalid type",
+        "invalid value",
+        "unknown variant",
+        "invalid length",
+    ] {
+        if message.starts_with(kind) {
+            return match message.rsplit_once(", expected ") {
+                Some((_, expected)) => format!("{kind}, expected {expected}"),
+                None => kind.to_owned(),
+            };
+        }
+    }
+    message.to_owned()
+}
+
+/// How a message names the environment variable of a `*_env` setting: as written when it
+/// looks like one (`SWR_GATE_IAM_PASSWORD`: upper case, digits and `_`), else not at all,
+/// since what stands there may be the secret itself, pasted in place of its name.
+pub fn variable_shown(name: &str) -> String {
+    let looks_like_a_name = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    match looks_like_a_name {
+        true => name.to_owned(),
+        false => "named there (not shown: it is not an upper-case variable name)".to_owned(),
+    }
 }
 
 /// The keys from the top of the file down to an ignored one, `["clients", "1", "foo"]`.
@@ -419,20 +459,6 @@ fn key_line(text: &str, keys: &[String]) -> Option<usize> {
     let (key, _) = item.as_table_like()?.get_key_value(last)?;
     let start = key.span()?.start;
     Some(text.get(..start)?.matches('\n').count() + 1)
-}
-
-/// `text` with every double-quoted string shown as `"…"`.
-fn elide_quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut parts = text.split('"');
-    out.push_str(parts.next().unwrap_or_default());
-    let mut quoted = true;
-    for part in parts {
-        out.push('"');
-        out.push_str(if quoted { "…" } else { part });
-        quoted = !quoted;
-    }
-    out
 }
 
 impl Config {
@@ -504,10 +530,7 @@ impl Config {
         let mut problems = Vec::new();
         let scheme = self.upstream.url.scheme_str();
         if !matches!(scheme, Some("http") | Some("https")) || self.upstream.url.host().is_none() {
-            problems.push(format!(
-                "[upstream] url {:?} must be an http:// or https:// URL with a host",
-                self.upstream.url.to_string()
-            ));
+            problems.push("[upstream] url must be an http:// or https:// URL with a host".into());
         }
         if self.server.max_body_bytes == 0 {
             problems.push("[server] max_body_bytes must be at least 1".into());
@@ -773,6 +796,27 @@ project = "cn-north-4""#;
         );
         let by_id = both.replace("project = \"cn-north-4\"\n", "");
         assert!(with_iam(&by_id)[0].contains("project_domain qualifies a project name"));
+    }
+
+    #[test]
+    fn only_what_looks_like_a_variable_name_is_shown() {
+        assert_eq!(
+            variable_shown("SWR_GATE_IAM_PASSWORD"),
+            "SWR_GATE_IAM_PASSWORD"
+        );
+        for pasted in [
+            "hunter2",
+            "1GXYZJw68LCPpuRlFQeaaH",
+            "0123ABC",
+            "",
+            "A B",
+            "Pa$$",
+        ] {
+            assert!(
+                !variable_shown(pasted).contains(pasted) || pasted.is_empty(),
+                "{pasted}"
+            );
+        }
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Local {
                 .ok()
                 .and_then(|t| Token::parse(&t))
                 .ok_or_else(|| {
-                    format!("the environment variable {var} is not set, empty, or not a token a header can carry")
+                    format!("the environment variable {} is not set, empty, or not a token a header can carry", crate::config::variable_shown(var))
                 }),
             Local::File(path) => {
                 let text = std::fs::read_to_string(path)

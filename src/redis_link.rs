@@ -58,7 +58,10 @@ pub fn url(
             .ok()
             .filter(|url| !url.trim().is_empty())
             .ok_or_else(|| {
-                format!("{what}_env: the environment variable {variable} is not set or empty")
+                format!(
+                    "{what}_env: the environment variable {} is not set or empty",
+                    crate::config::variable_shown(variable)
+                )
             })?,
         (Some(_), Some(_)) => return Err(format!("give {what} or {what}_env, not both")),
     };

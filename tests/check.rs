@@ -180,6 +180,9 @@ fn a_secret_put_in_the_file_is_never_shown() {
         ("[iam]\n", "password = \"hunter2-secret\"\n"),
         ("[server]\n", "header_timeout = \"hunter2-secret\"\n"),
         ("[iam]\n", "password = \"\"\"\nhunter2-secret\n"),
+        ("[server]\n", "listen = 'hunter2\"secret'\n"),
+        ("[upstream]\n", "unmatched = \"hunter2-secret\"\n"),
+        ("[audit]\n", "hmac_key_env = \"hunter2-secret\"\n"),
     ] {
         std::fs::write(&path, config.replace(placed, &format!("{placed}{line}"))).unwrap();
         let (ok, output) = check(&path);

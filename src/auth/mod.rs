@@ -372,8 +372,12 @@ fn malformed(why: &str) -> GateError {
 
 fn load_secret(config: &Config, spec: &crate::config::ClientSpec) -> Result<Secret, String> {
     let text = match (&spec.secret_key_env, &spec.secret_key_file) {
-        (Some(var), None) => std::env::var(var)
-            .map_err(|_| format!("secret_key_env: the environment variable {var} is not set"))?,
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            format!(
+                "secret_key_env: the environment variable {} is not set",
+                crate::config::variable_shown(var)
+            )
+        })?,
         (None, Some(path)) => {
             let path = config.resolve(path);
             std::fs::read_to_string(&path)

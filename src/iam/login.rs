@@ -57,7 +57,8 @@ pub fn read_password(config: &Config) -> Result<Option<Password>, String> {
     match std::env::var(var) {
         Ok(password) if !password.is_empty() => Ok(Some(Password(password))),
         _ => Err(format!(
-            "[iam] password_env: the environment variable {var} is not set or empty"
+            "[iam] password_env: the environment variable {} is not set or empty",
+            crate::config::variable_shown(var)
         )),
     }
 }
