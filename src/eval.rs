@@ -341,7 +341,7 @@ fn configured_groups(config: &Config, client: &str) -> Option<Vec<String>> {
 pub struct EvalArgs {
     #[arg(long)]
     pub config: PathBuf,
-    /// A `[[clients]]` id (or "anonymous" when allow_anonymous is on).
+    /// The id of a client of the config (or "anonymous" when allow_anonymous is on).
     #[arg(long)]
     pub client: String,
     #[arg(long)]

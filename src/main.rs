@@ -1,5 +1,6 @@
 //! The `swr-gate` command line. Parsing only; the work is in the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -274,19 +275,24 @@ fn verdict(result: Result<(String, bool), String>) -> ExitCode {
             ExitCode::from(if yes { 0 } else { 1 })
         }
         Err(error) => {
-            for line in error.lines() {
-                eprintln!("error: {line}");
-            }
+            say_error(&error);
             ExitCode::from(2)
         }
     }
 }
 
 fn fail(message: &str) -> ExitCode {
-    for line in message.lines() {
-        eprintln!("error: {line}");
-    }
+    say_error(message);
     ExitCode::FAILURE
+}
+
+/// Each line of `message` on stderr, as `error: …`. Not eprintln!, which panics when
+/// stderr's reader has gone (at shutdown, say), turning exit 1 into a panic's 101.
+fn say_error(message: &str) {
+    let mut stderr = std::io::stderr().lock();
+    for line in message.lines() {
+        let _ = writeln!(stderr, "error: {line}");
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -554,6 +554,8 @@ fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Tok
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
         .chain([peer.as_str()])
         .collect::<Vec<_>>()
         .join(", ");

@@ -339,7 +339,8 @@ impl Policies {
                 let named = policy.annotation("id").filter(|id| !id.trim().is_empty());
                 let checked_as = match named {
                     Some(id) if !about.contains_key(id) => id.to_owned(),
-                    _ => format!("{}@{offset}", source.name),
+                    // A NUL no real @id would hold keeps it from taking a real one's place.
+                    _ => format!("\u{0}{}@{offset}", source.name),
                 };
                 if checked
                     .add(policy.new_id(PolicyId::new(&checked_as)))
@@ -1189,8 +1190,8 @@ fn days_between(now: SystemTime, at: i64) -> i64 {
 /// Whether a character shows: not white space or a control character, and not one
 /// that renders as nothing: Unicode's default-ignorable code points (zero-width space,
 /// BOM, word joiner, variation selectors, tag characters, Hangul fillers and the like)
-/// and a few more format characters (interlinear annotation, Egyptian format controls,
-/// braille blank).
+/// a few more format characters (interlinear annotation, Egyptian format controls,
+/// braille blank), combining marks with nothing to combine with, and private use.
 fn is_visible(c: char) -> bool {
     !c.is_whitespace()
         && !c.is_control()
@@ -1200,12 +1201,21 @@ fn is_visible(c: char) -> bool {
             | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
             | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
             | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}')
+            | '\u{E0000}'..='\u{E0FFF}'
+            // Combining marks, which show only on a character before them.
+            | '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}'
+            | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}'
+            // Private use: no font is bound to show anything.
+            | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{10FFFF}')
 }
 
 /// Seconds since the epoch of an RFC 3339 time such as `2026-12-31T16:00:00.000Z` (or
 /// with an offset, `+08:00`); `None` when it is not one.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    // `time` takes any byte between date and time; RFC 3339 allows `T`, `t` or a space.
+    if !matches!(text.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
+        return None;
+    }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(time::OffsetDateTime::unix_timestamp)
@@ -1372,7 +1382,7 @@ mod tests {
         // Tag characters, variation selectors, musical and shorthand format controls,
         // interlinear annotation, C1 controls.
         assert!(!has(Some(
-            "\u{E0001}\u{E0041}\u{E007F}\u{E0100}\u{1D173}\u{1BCA0}\u{FFF9}\u{13430}\u{0085}\u{0090}"
+            "\u{E0001}\u{E0041}\u{E007F}\u{E0100}\u{1D173}\u{1BCA0}\u{FFF9}\u{13430}\u{0085}\u{0090}\u{0301}\u{E000}"
         )));
         assert!(has(Some("release candidates")));
         assert!(has(Some("\u{200B}ok")));
@@ -1418,6 +1428,8 @@ mod tests {
             "2030-01-01T24:00:00Z",
             "2030-01-01T00:00:00",
             "2030-01-01T00:00:00.Z",
+            "2030-01-01X00:00:00Z",
+            "2030-01-01\u{0}00:00:00Z",
             "2030-01-01T00:00:00+0800",
             "2030-01-01T00:00:00+24:00",
             "30-01-01T00:00:00Z",

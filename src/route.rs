@@ -81,8 +81,6 @@ pub struct RouteFile {
     pub route: Vec<RouteSpec>,
 }
 
-/// A `sibling_methods` entry. Compared exactly, as HTTP methods are, so it must be
-/// written in uppercase like every method SWR serves.
 /// The refusal of a request no guarded route matches, under `unmatched = "reject"`.
 pub fn unmatched(method: &Method, path: &str) -> GateError {
     GateError::new(
@@ -91,6 +89,8 @@ pub fn unmatched(method: &Method, path: &str) -> GateError {
     )
 }
 
+/// A `sibling_methods` entry. Compared exactly, as HTTP methods are, so it must be
+/// written in uppercase like every method SWR serves.
 pub fn parse_sibling_method(name: &str) -> Result<Method, String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(format!(

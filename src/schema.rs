@@ -117,7 +117,11 @@ fn offset_of(text: &str, pointer: &str, hops: usize) -> Option<usize> {
             let end = skip_value(bytes, reference)?;
             let reference: String = serde_json::from_str(&text[reference..end]).ok()?;
             let rest: Vec<&str> = tokens.collect();
-            let target = reference.strip_prefix('#')?;
+            // A pointer (`#/$defs/grant`); an anchor (`#grant`) or another file is not
+            // followed.
+            let target = reference
+                .strip_prefix('#')
+                .filter(|t| t.is_empty() || t.starts_with('/'))?;
             let pointer = match rest.is_empty() {
                 true => target.to_owned(),
                 false => format!("{target}/{}", rest.join("/")),
@@ -314,6 +318,8 @@ mod tests {
             "{\"items\": {\"$ref\": \"#/$defs/grant\"},\n\"$defs\": {\"grant\":\n{\n\"p\": 1}}}";
         assert_eq!(line_of(referring, "/items/$ref"), Some(3));
         assert_eq!(line_of(referring, "/items/$ref/p"), Some(4));
+        let anchored = "{\"a\": {\"$ref\": \"#grant\"},\n\"x\": 1}";
+        assert_eq!(line_of(anchored, "/a/$ref/x"), None);
         let looping = "{\"a\": {\"$ref\": \"#/a\"}}";
         assert_eq!(
             line_of(looping, "/a/$ref/$ref/$ref/$ref/$ref/$ref/$ref/$ref/$ref/x"),

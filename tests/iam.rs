@@ -586,7 +586,7 @@ fn a_token_file_is_re_read_when_it_changes() {
     swap_in_keeping_time(&file, TOKEN);
     // Taken up by the file watcher, not by SWR refusing the old token first: a 401 makes
     // the gateway read the file again too, which would hide a watcher that missed it.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4000));
     let refused = swr.refused();
     assert_eq!(create(&gate).status, 201, "the new token was not picked up");
     assert_eq!(swr.refused(), refused, "the old token was still in use");
