@@ -292,132 +292,17 @@ impl Policies {
             }
         };
 
-        let mut enforced = PolicySet::new();
-        let mut shadow = PolicySet::new();
-        // Every policy that parses is validated, also one refused for its @id, so that one
-        // problem does not hide another: each under an id of its own, placed by file and
-        // offset.
-        let mut checked = PolicySet::new();
-        let mut places: HashMap<String, (usize, usize)> = HashMap::new();
-        let mut about: HashMap<String, About> = HashMap::new();
-        for (file, source) in files.iter().enumerate() {
-            let set = match PolicySet::from_str(&source.text) {
-                Ok(set) => set,
-                Err(errors) => {
-                    problems.extend(errors.iter().map(|e| source.diagnostic(e, None)));
-                    continue;
-                }
-            };
-            for template in set.templates() {
-                let offset = source.text.find(&template.to_cedar()).unwrap_or(0);
-                problems.push(source.at(
-                    Some(offset),
-                    "templates (?principal, ?resource) are not supported: write static policies",
-                    None,
-                ));
-            }
-            // The parser numbers policies in file order (policy0, policy1, ...); each text
-            // is looked for after the previous one, so two identical policies get their
-            // own lines.
-            let mut parsed: Vec<_> = set.policies().collect();
-            parsed.sort_by_key(|p| {
-                key(p.id())
-                    .trim_start_matches("policy")
-                    .parse::<usize>()
-                    .unwrap_or(usize::MAX)
-            });
-            let mut cursor = 0;
-            for policy in parsed {
-                let offset = policy
-                    .to_cedar()
-                    .and_then(|text| {
-                        let found = source.text.get(cursor..)?.find(&text)? + cursor;
-                        cursor = found + text.len();
-                        Some(found)
-                    })
-                    .unwrap_or(cursor);
-                let named = policy.annotation("id").filter(|id| !id.trim().is_empty());
-                let checked_as = match named {
-                    Some(id) if !about.contains_key(id) => id.to_owned(),
-                    // A NUL no real @id would hold keeps it from taking a real one's place.
-                    _ => format!("\u{0}{}@{offset}", source.name),
-                };
-                if checked
-                    .add(policy.new_id(PolicyId::new(&checked_as)))
-                    .is_ok()
-                {
-                    places.insert(checked_as, (file, offset));
-                }
-                let id = match named {
-                    Some(id) => id.to_owned(),
-                    _ => {
-                        problems.push(source.at(
-                            Some(offset),
-                            "policy has no @id(\"...\"): every policy needs one, denials and audit records name it",
-                            None,
-                        ));
-                        continue;
-                    }
-                };
-                if let Some(first) = about.get(&id) {
-                    let file = &files[first.file];
-                    let line = file.line_of(first.offset);
-                    problems.push(source.at(
-                        Some(offset),
-                        &format!("@id({id:?}) is already used at {}:{line}", file.name),
-                        None,
-                    ));
-                    continue;
-                }
-                let is_shadow = policy.annotation("shadow").is_some();
-                let policy = policy.new_id(PolicyId::new(&id));
-                let set = if is_shadow {
-                    &mut shadow
-                } else {
-                    &mut enforced
-                };
-                if let Err(error) = set.add(policy.clone()) {
-                    problems.push(source.at(Some(offset), &error.to_string(), None));
-                    continue;
-                }
-                about.insert(
-                    id,
-                    About {
-                        file,
-                        offset,
-                        effect: policy.effect(),
-                        message: policy.annotation("message").map(str::to_owned),
-                    },
-                );
-            }
-        }
-
+        let read = Read::files(&files, &mut problems);
         let Some(schema) = schema else {
             return Err(problems);
         };
-        let place = |id: &PolicyId| {
-            let &(file, offset) = places.get(key(id))?;
-            Some((&files[file], offset))
-        };
-        let validation = Validator::new(schema.clone()).validate(&checked, ValidationMode::Strict);
-        // The validator reports a mistake once per action it applies to; once is enough.
-        let mut seen = HashSet::new();
-        for error in validation.validation_errors() {
-            if let Some((source, offset)) = place(error.policy_id()) {
-                let problem = source.diagnostic(error, Some(offset));
-                if seen.insert(dedup_key(error, &problem)) {
-                    problems.push(problem);
-                }
-            }
-        }
-        for warning in validation.validation_warnings() {
-            if let Some((source, offset)) = place(warning.policy_id()) {
-                let text = source.diagnostic(warning, Some(offset));
-                if seen.insert(dedup_key(warning, &text)) {
-                    warnings.push(text);
-                }
-            }
-        }
+        read.validate(&schema, &files, &mut problems, &mut warnings);
+        let Read {
+            enforced,
+            shadow,
+            about,
+            ..
+        } = read;
 
         let actions = schema.action_entities().unwrap_or_else(|error| {
             problems.push(format!("{}: {error}", schema_source.name));
@@ -432,25 +317,7 @@ impl Policies {
             })
             .cloned()
             .collect();
-        let mut by_action = HashMap::new();
-        for action in known.operations.iter().map(String::as_str).chain([FORWARD]) {
-            let uid = Types::uid(&types.action, action);
-            let sets = subset(&enforced, &uid, &actions).and_then(|enforced| {
-                subset(&shadow, &uid, &actions).map(|shadow| (enforced, shadow))
-            });
-            match sets {
-                Ok((enforced, shadow)) => {
-                    let reads = context_reads(enforced.policies().chain(shadow.policies()));
-                    let sets = ForAction {
-                        enforced,
-                        shadow,
-                        reads,
-                    };
-                    by_action.insert(action.to_owned(), sets);
-                }
-                Err(error) => problems.push(error),
-            }
-        }
+        let by_action = by_action(&types, known, &enforced, &shadow, &actions, &mut problems);
         let policies = Policies {
             enforced,
             shadow,
@@ -873,6 +740,195 @@ fn cached<K: Hash + Eq, V: Clone, E>(
     }
     cache.insert(key, value.clone());
     Ok(value)
+}
+
+/// The policy files read: what is enforced, what is shadow, and, to validate, every
+/// policy that parses, also one refused for its @id.
+struct Read {
+    enforced: PolicySet,
+    shadow: PolicySet,
+    checked: PolicySet,
+    /// File and offset of each policy of `checked`, by the id it is checked under.
+    places: HashMap<String, (usize, usize)>,
+    about: HashMap<String, About>,
+}
+
+impl Read {
+    /// Parse every file; a policy that cannot be taken (no @id, an @id used before, a
+    /// template) is a problem and is left out of the sets.
+    fn files(files: &[Source], problems: &mut Vec<String>) -> Read {
+        let mut enforced = PolicySet::new();
+        let mut shadow = PolicySet::new();
+        // Every policy that parses is validated, also one refused for its @id, so that one
+        // problem does not hide another: each under an id of its own, placed by file and
+        // offset.
+        let mut checked = PolicySet::new();
+        let mut places: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut about: HashMap<String, About> = HashMap::new();
+        for (file, source) in files.iter().enumerate() {
+            let set = match PolicySet::from_str(&source.text) {
+                Ok(set) => set,
+                Err(errors) => {
+                    problems.extend(errors.iter().map(|e| source.diagnostic(e, None)));
+                    continue;
+                }
+            };
+            for template in set.templates() {
+                let offset = source.text.find(&template.to_cedar()).unwrap_or(0);
+                problems.push(source.at(
+                    Some(offset),
+                    "templates (?principal, ?resource) are not supported: write static policies",
+                    None,
+                ));
+            }
+            // The parser numbers policies in file order (policy0, policy1, ...); each text
+            // is looked for after the previous one, so two identical policies get their
+            // own lines.
+            let mut parsed: Vec<_> = set.policies().collect();
+            parsed.sort_by_key(|p| {
+                key(p.id())
+                    .trim_start_matches("policy")
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX)
+            });
+            let mut cursor = 0;
+            for policy in parsed {
+                let offset = policy
+                    .to_cedar()
+                    .and_then(|text| {
+                        let found = source.text.get(cursor..)?.find(&text)? + cursor;
+                        cursor = found + text.len();
+                        Some(found)
+                    })
+                    .unwrap_or(cursor);
+                let named = policy.annotation("id").filter(|id| !id.trim().is_empty());
+                let checked_as = match named {
+                    Some(id) if !about.contains_key(id) => id.to_owned(),
+                    // A NUL no real @id would hold keeps it from taking a real one's place.
+                    _ => format!("\u{0}{}@{offset}", source.name),
+                };
+                if checked
+                    .add(policy.new_id(PolicyId::new(&checked_as)))
+                    .is_ok()
+                {
+                    places.insert(checked_as, (file, offset));
+                }
+                let id = match named {
+                    Some(id) => id.to_owned(),
+                    _ => {
+                        problems.push(source.at(
+                            Some(offset),
+                            "policy has no @id(\"...\"): every policy needs one, denials and audit records name it",
+                            None,
+                        ));
+                        continue;
+                    }
+                };
+                if let Some(first) = about.get(&id) {
+                    let file = &files[first.file];
+                    let line = file.line_of(first.offset);
+                    problems.push(source.at(
+                        Some(offset),
+                        &format!("@id({id:?}) is already used at {}:{line}", file.name),
+                        None,
+                    ));
+                    continue;
+                }
+                let is_shadow = policy.annotation("shadow").is_some();
+                let policy = policy.new_id(PolicyId::new(&id));
+                let set = if is_shadow {
+                    &mut shadow
+                } else {
+                    &mut enforced
+                };
+                if let Err(error) = set.add(policy.clone()) {
+                    problems.push(source.at(Some(offset), &error.to_string(), None));
+                    continue;
+                }
+                about.insert(
+                    id,
+                    About {
+                        file,
+                        offset,
+                        effect: policy.effect(),
+                        message: policy.annotation("message").map(str::to_owned),
+                    },
+                );
+            }
+        }
+        Read {
+            enforced,
+            shadow,
+            checked,
+            places,
+            about,
+        }
+    }
+
+    /// Validate every policy against the schema; each mistake once, placed by file and line.
+    fn validate(
+        &self,
+        schema: &Schema,
+        files: &[Source],
+        problems: &mut Vec<String>,
+        warnings: &mut Vec<String>,
+    ) {
+        let place = |id: &PolicyId| {
+            let &(file, offset) = self.places.get(key(id))?;
+            Some((&files[file], offset))
+        };
+        let validation =
+            Validator::new(schema.clone()).validate(&self.checked, ValidationMode::Strict);
+        // The validator reports a mistake once per action it applies to; once is enough.
+        let mut seen = HashSet::new();
+        for error in validation.validation_errors() {
+            if let Some((source, offset)) = place(error.policy_id()) {
+                let problem = source.diagnostic(error, Some(offset));
+                if seen.insert(dedup_key(error, &problem)) {
+                    problems.push(problem);
+                }
+            }
+        }
+        for warning in validation.validation_warnings() {
+            if let Some((source, offset)) = place(warning.policy_id()) {
+                let text = source.diagnostic(warning, Some(offset));
+                if seen.insert(dedup_key(warning, &text)) {
+                    warnings.push(text);
+                }
+            }
+        }
+    }
+}
+
+/// For each action the gateway asks about, the policies that may apply to it and what of
+/// the context they read.
+fn by_action(
+    types: &Types,
+    known: &Known,
+    enforced: &PolicySet,
+    shadow: &PolicySet,
+    actions: &Entities,
+    problems: &mut Vec<String>,
+) -> HashMap<String, ForAction> {
+    let mut by_action = HashMap::new();
+    for action in known.operations.iter().map(String::as_str).chain([FORWARD]) {
+        let uid = Types::uid(&types.action, action);
+        let sets = subset(enforced, &uid, actions)
+            .and_then(|enforced| subset(shadow, &uid, actions).map(|shadow| (enforced, shadow)));
+        match sets {
+            Ok((enforced, shadow)) => {
+                let reads = context_reads(enforced.policies().chain(shadow.policies()));
+                let sets = ForAction {
+                    enforced,
+                    shadow,
+                    reads,
+                };
+                by_action.insert(action.to_owned(), sets);
+            }
+            Err(error) => problems.push(error),
+        }
+    }
+    by_action
 }
 
 /// The context attributes `policies` read (`context.x`, `context has x`), or `None` when
