@@ -462,7 +462,8 @@ fn key_line(text: &str, keys: &[String]) -> Option<usize> {
 }
 
 impl Config {
-    /// Parse a config file. The error names the file, and toml's message names the line.
+    /// Read and parse a config file; each problem names the file and, where it can, the
+    /// line.
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
         let text =
             std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
