@@ -312,38 +312,79 @@ fn rotation_by_move_and_sighup_keeps_the_chain_and_loses_nothing() {
     assert!(!ok, "files out of order break the chain");
 }
 
+/// A gateway whose trail, after one record, was moved away and a directory put in its
+/// place, so that the path cannot be opened again.
+struct Blocked {
+    swr: StandInSwr,
+    admin: u16,
+    gate: Gateway,
+    path: std::path::PathBuf,
+    rotated: std::path::PathBuf,
+}
+
+impl Blocked {
+    fn start() -> Blocked {
+        let swr = StandInSwr::start();
+        let (admin, admin_section) = with_admin();
+        let gate = Gateway::start_with(&swr.url(), &admin_section, |_| {});
+        let path = gate.audit_path();
+        let rotated = path.with_extension("jsonl.1");
+        assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
+        assert_eq!(readyz(admin), "ready\n");
+        std::fs::rename(&path, &rotated).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        Blocked {
+            swr,
+            admin,
+            gate,
+            path,
+            rotated,
+        }
+    }
+
+    /// Clear the path: ready again by itself, a request recorded, the chain whole
+    /// across both files.
+    fn unblock(mut self) -> Blocked {
+        std::fs::remove_dir(&self.path).unwrap();
+        wait_for_readyz(self.admin, Duration::from_secs(10), |body| {
+            body == "ready\n"
+        });
+        assert_eq!(self.gate.json("POST", CREATE, &grants(1)).status, 201);
+        self.gate.stop();
+        let (ok, output) = verify(&[&self.rotated, &self.path]);
+        assert!(ok, "{output}");
+        self
+    }
+}
+
 /// After a rotation whose path cannot be opened again, records are refused rather than
 /// written into the moved file (logrotate may delete it); /readyz says so, and says
 /// ready again by itself once the path opens, without a request having to try.
 #[test]
 fn a_trail_that_cannot_be_reopened_refuses_until_it_can_and_readyz_follows() {
-    let swr = StandInSwr::start();
-    let (admin, admin_section) = with_admin();
-    let mut gate = Gateway::start_with(&swr.url(), &admin_section, |_| {});
-    let path = gate.audit_path();
-    let rotated = path.with_extension("jsonl.1");
-    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
-    std::fs::rename(&path, &rotated).unwrap();
-    std::fs::create_dir(&path).unwrap();
-    signal(gate.pid(), "HUP");
+    let blocked = Blocked::start();
+    signal(blocked.gate.pid(), "HUP");
     std::thread::sleep(Duration::from_millis(300));
 
-    let answer = gate.json("POST", CREATE, &grants(1));
+    let answer = blocked.gate.json("POST", CREATE, &grants(1));
     assert_eq!(
         (answer.status, answer.code().as_str()),
         (503, "SWR.GATE.5030002")
     );
-    assert_eq!(swr.received().len(), 1, "nothing unaudited reaches SWR");
+    assert_eq!(
+        blocked.swr.received().len(),
+        1,
+        "nothing unaudited reaches SWR"
+    );
+    let admin = blocked.admin;
     assert!(readyz(admin).contains("audit"), "{}", readyz(admin));
 
-    std::fs::remove_dir(&path).unwrap();
-    wait_for_readyz(admin, Duration::from_secs(10), |body| body == "ready\n");
-    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
-    gate.stop();
-    let (ok, output) = verify(&[&rotated, &path]);
-    assert!(ok, "{output}");
+    let blocked = blocked.unblock();
     assert_eq!(
-        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        std::fs::read_to_string(&blocked.rotated)
+            .unwrap()
+            .lines()
+            .count(),
         2
     );
 }
@@ -353,23 +394,11 @@ fn a_trail_that_cannot_be_reopened_refuses_until_it_can_and_readyz_follows() {
 /// request is refused for it.
 #[test]
 fn readyz_notices_a_trail_moved_away_without_a_request() {
-    let swr = StandInSwr::start();
-    let (admin, admin_section) = with_admin();
-    let mut gate = Gateway::start_with(&swr.url(), &admin_section, |_| {});
-    let path = gate.audit_path();
-    let rotated = path.with_extension("jsonl.1");
-    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
-    assert_eq!(readyz(admin), "ready\n");
-    std::fs::rename(&path, &rotated).unwrap();
-    std::fs::create_dir(&path).unwrap();
-    wait_for_readyz(admin, Duration::from_secs(5), |body| body.contains("audit"));
-
-    std::fs::remove_dir(&path).unwrap();
-    wait_for_readyz(admin, Duration::from_secs(10), |body| body == "ready\n");
-    assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
-    gate.stop();
-    let (ok, output) = verify(&[&rotated, &path]);
-    assert!(ok, "{output}");
+    let blocked = Blocked::start();
+    wait_for_readyz(blocked.admin, Duration::from_secs(5), |body| {
+        body.contains("audit")
+    });
+    blocked.unblock();
 }
 
 #[test]
