@@ -391,6 +391,12 @@ fn without_value(message: &str) -> String {
     message.to_owned()
 }
 
+/// Why a file a `*_file` setting names could not be read, without its path: what stands
+/// there may be the secret itself, pasted in place of a path. The setting's line shows it.
+pub fn file_problem(error: &std::io::Error) -> String {
+    format!("the file it names cannot be read ({error}; a relative path is relative to the config file)")
+}
+
 /// How a message names the environment variable of a `*_env` setting: as written when it
 /// looks like one (`SWR_GATE_IAM_PASSWORD`: upper case, digits and `_`), else not at all,
 /// since what stands there may be the secret itself, pasted in place of its name.
@@ -465,8 +471,8 @@ impl Config {
     /// Read and parse a config file; each problem names the file and, where it can, the
     /// line.
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let text = crate::files::read_to_string(path)
+            .map_err(|e| vec![format!("{}: {e}", path.display())])?;
         Config::parse(&text, path)
     }
 

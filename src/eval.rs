@@ -452,7 +452,10 @@ pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, boo
             let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .map_err(|e| format!("{}: {e}", dir.display()))?
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+                .filter(|path| {
+                    crate::files::is_listed(path)
+                        && path.extension().is_some_and(|ext| ext == "toml")
+                })
                 .collect();
             found.sort();
             found
@@ -462,7 +465,8 @@ pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, boo
     let mut report = String::new();
     let (mut passed, mut failed) = (0, 0);
     for path in &files {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            crate::files::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let file: CaseFile =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = path.file_name().map_or_else(

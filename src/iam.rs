@@ -127,13 +127,11 @@ impl Local {
                     format!("the environment variable {} is not set, empty, or not a token a header can carry", crate::config::variable_shown(var))
                 }),
             Local::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let text = crate::files::read_to_string(path)
+                    .map_err(|e| format!("[iam] token_file: {}", crate::config::file_problem(&e)))?;
                 Token::parse(&text).ok_or_else(|| {
-                    format!(
-                        "{} is empty, or holds characters a header cannot carry",
-                        path.display()
-                    )
+                    "[iam] token_file: the file is empty, or holds characters a header cannot carry"
+                        .to_owned()
                 })
             }
         }

@@ -15,6 +15,7 @@ pub mod dev;
 pub mod emulator;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod iam;
 pub mod keygen;
 pub mod metrics;

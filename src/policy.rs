@@ -62,7 +62,7 @@ pub struct Source {
 
 impl Source {
     fn read(path: &Path) -> Result<Source, String> {
-        std::fs::read_to_string(path)
+        crate::files::read_to_string(path)
             .map(|text| Source {
                 name: path.display().to_string(),
                 text,
@@ -250,7 +250,9 @@ impl Policies {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| vec![format!("{}: {e}", dir.display())])?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "cedar"))
+            .filter(|path| {
+                crate::files::is_listed(path) && path.extension().is_some_and(|ext| ext == "cedar")
+            })
             .collect();
         paths.sort();
         let mut files = Vec::new();

@@ -140,7 +140,8 @@ impl Rules {
 
 fn load_routes(policy_dir: &Path) -> Result<RouteTable, String> {
     let path = policy_dir.join("routes.toml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text =
+        crate::files::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file: RouteFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut routes = Vec::new();
     let mut problems = Vec::new();
@@ -190,7 +191,7 @@ fn load_schemas(policy_dir: &Path, routes: &RouteTable, problems: &mut Vec<Strin
     let mut schemas = Vec::new();
     for route in routes.routes() {
         let path = policy_dir.join(&route.schema);
-        let compiled = std::fs::read_to_string(&path)
+        let compiled = crate::files::read_to_string(&path)
             .map_err(|e| format!("{}: schema of {}: {e}", path.display(), route.operation))
             .and_then(|text| Schema::load(&text).map_err(|e| format!("{}: {e}", path.display())));
         match compiled {
@@ -204,10 +205,15 @@ fn load_schemas(policy_dir: &Path, routes: &RouteTable, problems: &mut Vec<Strin
 fn tls_acceptor(config: &Config, tls: &ServerTls) -> Result<TlsAcceptor, String> {
     let cert_path = config.resolve(&tls.cert);
     let key_path = config.resolve(&tls.key);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("[server.tls] cert {}: {e}", cert_path.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&key_path)
+    let pem = |setting: &str, path: &Path| {
+        crate::files::read(path)
+            .map_err(|e| format!("[server.tls] {setting} {}: {e}", path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem("cert", &cert_path)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("[server.tls] cert {}: {e}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem("key", &key_path)?)
         .map_err(|e| format!("[server.tls] key {}: {e}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -218,9 +224,7 @@ fn tls_acceptor(config: &Config, tls: &ServerTls) -> Result<TlsAcceptor, String>
         Some(ca) => {
             let ca_path = config.resolve(ca);
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(&ca_path)
-                .map_err(|e| format!("[server.tls] client_ca {}: {e}", ca_path.display()))?
-            {
+            for cert in CertificateDer::pem_slice_iter(&pem("client_ca", &ca_path)?) {
                 let cert =
                     cert.map_err(|e| format!("[server.tls] client_ca {}: {e}", ca_path.display()))?;
                 roots

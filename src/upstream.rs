@@ -48,8 +48,10 @@ pub fn tls_client_config(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
-        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect())
+        let pem = crate::files::read(path)
+            .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;
+        let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
             .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;
         if certs.is_empty() {
             return Err(format!("{}: no PEM certificate found", path.display()));

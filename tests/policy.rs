@@ -375,6 +375,15 @@ fn policy_command(args: &[&str], config: &Path) -> (i32, String) {
     )
 }
 
+/// `eval` of ci-bot's grant with the body in `body`.
+fn eval_grant(config: &Path, body: &Path) -> (i32, String) {
+    let body = body.to_str().unwrap();
+    let args = [
+        "eval", "--client", "ci-bot", "--method", "POST", "--path", CREATE, "--body", body,
+    ];
+    policy_command(&args, config)
+}
+
 fn write_config(dir: &Path, policies: &Path) -> PathBuf {
     let text = config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "").replace(
         &allow_all_policy_dir().display().to_string(),
@@ -487,6 +496,42 @@ fn eval_prints_the_whole_decision_and_exits_by_it() {
     assert_eq!(code, 2, "{output}");
     assert!(
         output.contains("no [[clients]] entry has id \"ghost\""),
+        "{output}"
+    );
+}
+
+/// An editor's hidden files beside the policies (its lock, a swap file, a backup) are no
+/// policies, and a FIFO named like one is refused at once rather than holding the
+/// loader, and with it reloads and signals, until something writes to it.
+#[test]
+fn hidden_files_are_not_policies_and_a_fifo_is_refused() {
+    let forward_only = "@id(\"forward-only\")\npermit (principal, action == Swr::Action::\"forward\", resource);\n";
+    let allow_all = "@id(\"hidden-allow-all\")\npermit (principal, action, resource);\n";
+    let dir = policy_dir_with(&[
+        ("forward.cedar", forward_only),
+        (".hidden.cedar", allow_all),
+    ]);
+    std::os::unix::fs::symlink("someone@host.4242", dir.path().join(".#forward.cedar")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), dir.path());
+    let (code, output) = policy_command(&["check"], &config);
+    assert_eq!(code, 0, "{output}");
+    let body = work.path().join("body.json");
+    std::fs::write(&body, grants(1)).unwrap();
+    let (code, output) = eval_grant(&config, &body);
+    assert_eq!(code, 1, "{output}");
+    assert!(!output.contains("hidden-allow-all"), "{output}");
+
+    let fifo = dir.path().join("stuck.cedar");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (code, output) = policy_command(&["check"], &config);
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("stuck.cedar: not a regular file"),
         "{output}"
     );
 }

@@ -378,11 +378,8 @@ fn load_secret(config: &Config, spec: &crate::config::ClientSpec) -> Result<Secr
                 crate::config::variable_shown(var)
             )
         })?,
-        (None, Some(path)) => {
-            let path = config.resolve(path);
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("secret_key_file {}: {e}", path.display()))?
-        }
+        (None, Some(path)) => crate::files::read_to_string(&config.resolve(path))
+            .map_err(|e| format!("secret_key_file: {}", crate::config::file_problem(&e)))?,
         (None, None) => return Err("access_key needs secret_key_env or secret_key_file".into()),
         (Some(_), Some(_)) => return Err("give secret_key_env or secret_key_file, not both".into()),
     };

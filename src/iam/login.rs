@@ -42,13 +42,15 @@ pub fn read_password(config: &Config) -> Result<Option<Password>, String> {
         return Ok(None);
     }
     if let Some(path) = &config.iam.password_file {
-        let path = config.resolve(path);
-        return match std::fs::read_to_string(&path) {
+        return match crate::files::read_to_string(&config.resolve(path)) {
             Ok(password) if !password.trim().is_empty() => Ok(Some(Password(
                 password.trim_end_matches(['\r', '\n']).to_owned(),
             ))),
-            Ok(_) => Err(format!("[iam] password_file {} is empty", path.display())),
-            Err(error) => Err(format!("[iam] password_file {}: {error}", path.display())),
+            Ok(_) => Err("[iam] password_file: the file is empty".into()),
+            Err(error) => Err(format!(
+                "[iam] password_file: {}",
+                crate::config::file_problem(&error)
+            )),
         };
     }
     let Some(var) = &config.iam.password_env else {

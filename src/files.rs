@@ -1,0 +1,68 @@
+//! Reading the files an operator names: the config, routes, schemas, policies, secrets,
+//! certificates. Only regular files are read, so that a stray FIFO or device cannot stall
+//! the thread that loads, reloads and answers signals.
+
+use std::io;
+use std::path::Path;
+
+/// The bytes of a regular file, or of the one a symlink leads to (Kubernetes mounts
+/// ConfigMaps and Secrets as symlinks). Anything else is refused before it is opened:
+/// opening a FIFO waits until some writer comes, and a device like `/dev/zero` never ends.
+pub fn read(path: &Path) -> io::Result<Vec<u8>> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    std::fs::read(path)
+}
+
+/// [`read`], as UTF-8 text.
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read(path)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+/// Whether loading takes a directory entry: not a hidden one. Editors keep lock and swap
+/// files beside the file being edited under a leading dot (`.#grants.cedar`, a symlink
+/// to nowhere), and Kubernetes its `..data` links.
+pub fn is_listed(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| !name.as_encoded_bytes().starts_with(b"."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grants.cedar");
+        std::fs::write(&file, "permit (principal, action, resource);").unwrap();
+        let link = dir.path().join("link.cedar");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(read_to_string(&link).unwrap().starts_with("permit"));
+
+        let fifo = dir.path().join("fifo.cedar");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        for refused in [fifo.as_path(), dir.path(), Path::new("/dev/zero")] {
+            let error = read(refused).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn hidden_entries_are_not_listed() {
+        assert!(is_listed(Path::new("policies/grants.cedar")));
+        for hidden in [".#grants.cedar", ".grants.cedar.swp", "..data"] {
+            assert!(!is_listed(&Path::new("policies").join(hidden)), "{hidden}");
+        }
+    }
+}
