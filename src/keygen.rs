@@ -35,8 +35,10 @@ pub fn aksk(client: &str) -> String {
     let access_key = random_text::<20>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
     let secret_key =
         random_text::<40>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
+    // Upper-casing and `_` for `.`, `-` and `@` give `a.b`, `a-b` and `A-B` one name: the
+    // AK's start keeps the variables of different clients apart.
     let variable = format!(
-        "SWR_GATE_SK_{}",
+        "SWR_GATE_SK_{}_{}",
         client
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() {
@@ -44,7 +46,8 @@ pub fn aksk(client: &str) -> String {
             } else {
                 '_'
             })
-            .collect::<String>()
+            .collect::<String>(),
+        &access_key[..8]
     );
     format!(
         "# AK/SK for {client}: give both to the client (SDK: BasicCredentials(ak, sk, project_id)).\n\
@@ -110,9 +113,26 @@ mod tests {
         let parsed: toml::Value = toml::from_str(&text).unwrap();
         let client = &parsed["clients"][0];
         assert_eq!(client["access_key"].as_str().unwrap().len(), 20);
+        let access_key = client["access_key"].as_str().unwrap();
         assert_eq!(
             client["secret_key_env"].as_str().unwrap(),
-            "SWR_GATE_SK_RELEASE_TOOL"
+            format!("SWR_GATE_SK_RELEASE_TOOL_{}", &access_key[..8])
         );
+    }
+
+    #[test]
+    fn clients_whose_ids_differ_only_in_case_or_punctuation_get_their_own_variables() {
+        let variable = |id| {
+            let parsed: toml::Value = toml::from_str(&aksk(id)).unwrap();
+            parsed["clients"][0]["secret_key_env"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let names: std::collections::HashSet<String> = ["a.b", "a-b", "a_b", "A-B"]
+            .into_iter()
+            .map(variable)
+            .collect();
+        assert_eq!(names.len(), 4);
     }
 }

@@ -190,6 +190,54 @@ fn a_secret_put_in_the_file_is_never_shown() {
         assert!(output.contains("gate.toml"), "{output}");
         assert!(!output.contains("hunter2"), "{output}");
     }
+    // A secret pasted where a file's name belongs.
+    for setting in ["secret_key_file", "secret_key_env"] {
+        let client = format!(
+            "\n[[clients]]\nid = \"sdk\"\ngroups = []\naccess_key = \"AK\"\n{setting} = \"hunter2Secret\"\n"
+        );
+        std::fs::write(&path, format!("{config}{client}")).unwrap();
+        let (ok, output) = check(&path);
+        assert!(!ok);
+        assert!(output.contains(setting), "{output}");
+        assert!(!output.contains("hunter2"), "{output}");
+    }
+}
+
+/// keygen's lines for clients whose ids differ only in case or punctuation, pasted
+/// together, pass as they are; two clients with one secret key never do, since either
+/// could then sign as the other.
+#[test]
+fn keygen_clients_get_their_own_secrets_and_a_shared_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.toml");
+    let mut config = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "");
+    let mut env = Vec::new();
+    for id in ["a.b", "a-b", "A-B"] {
+        let (ok, printed) = swr_gate(&["keygen", "aksk", "--client", id], &[]);
+        assert!(ok, "{printed}");
+        let export = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("#   export "))
+            .unwrap();
+        let (variable, secret) = export.split_once('=').unwrap();
+        env.push((variable.to_owned(), secret.trim_matches('\'').to_owned()));
+        config.push('\n');
+        config.push_str(&printed);
+    }
+    std::fs::write(&path, &config).unwrap();
+    let env: Vec<(&str, &str)> = env.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
+    let (ok, output) = swr_gate(&["check", "--config", path.to_str().unwrap()], &env);
+    assert!(ok, "{output}");
+
+    let (_, shared_secret) = env[0];
+    let shared = [(env[0].0, shared_secret), (env[1].0, shared_secret), env[2]];
+    let (ok, output) = swr_gate(&["check", "--config", path.to_str().unwrap()], &shared);
+    assert!(!ok);
+    assert!(
+        output.contains("\"a.b\" has the same secret key"),
+        "{output}"
+    );
+    assert!(!output.contains(shared_secret), "{output}");
 }
 
 #[test]

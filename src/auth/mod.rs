@@ -135,6 +135,14 @@ impl Clients {
                 credentials += 1;
                 match load_secret(config, spec) {
                     Ok(secret) => {
+                        if let Some((_, other)) =
+                            clients.access_keys.values().find(|(s, _)| s.0 == secret.0)
+                        {
+                            problems.push(format!(
+                                "[[clients]] {name:?}: client {:?} has the same secret key; each needs its own, or either could sign as the other",
+                                other.id
+                            ));
+                        }
                         if clients
                             .access_keys
                             .insert(access_key.clone(), (secret, client.clone()))
