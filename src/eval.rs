@@ -377,7 +377,8 @@ pub fn eval(args: &EvalArgs) -> Result<(String, bool), String> {
     })?;
     let body = match &args.body {
         Some(path) => Some(Body::Raw(
-            std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            read_body(path, config.server.max_body_bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
         )),
         None => None,
     };
@@ -442,6 +443,17 @@ enum Expect {
     Deny,
 }
 
+/// A body file, up to one byte past `max_body_bytes`: enough to tell it is too large,
+/// as `serve` does, without reading a huge file (or `/dev/zero`) whole. `/dev/stdin` works.
+fn read_body(path: &Path, max_body_bytes: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max_body_bytes as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Run test cases: the files given, or every `tests/*.toml` of the policy directory.
 /// `Ok((report, all passed))`; `Err` when the config, the policies or a case file do not load.
 pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, bool), String> {
@@ -474,7 +486,11 @@ pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, boo
             |n| n.to_string_lossy().into_owned(),
         );
         for case in &file.case {
-            match check_case(&config, &rules, file.now.as_deref(), case) {
+            // A case that cannot be run (a time that is none, a client with no groups) is
+            // a mistake in the file, not a policy that fails it.
+            let trial = trial_of(&config, file.now.as_deref(), case)
+                .map_err(|why| format!("{}: case {:?}: {why}", path.display(), case.name))?;
+            match check_case(&config, &rules, &trial, case) {
                 Ok(()) => {
                     passed += 1;
                     let _ = writeln!(report, "pass  {name}: {}", case.name);
@@ -490,14 +506,8 @@ pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, boo
     Ok((report, failed == 0 && passed > 0))
 }
 
-fn check_case(
-    config: &Config,
-    rules: &Rules,
-    file_now: Option<&str>,
-    case: &Case,
-) -> Result<(), String> {
-    let trial = trial_of(config, file_now, case)?;
-    let outcome = run(config, rules, &trial)?;
+fn check_case(config: &Config, rules: &Rules, trial: &Trial, case: &Case) -> Result<(), String> {
+    let outcome = run(config, rules, trial)?;
     let Some(decision) = &outcome.decision else {
         let refusal = outcome.refusal.map(|e| answer_line(&e)).unwrap_or_default();
         return Err(format!("refused before the policy: {refusal}"));

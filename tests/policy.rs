@@ -427,6 +427,16 @@ fn the_shipped_policy_cases_pass_and_a_wrong_expectation_fails() {
         "{stdout}"
     );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+
+    // A case that cannot run as written is the file's mistake (2), not a failing policy.
+    let case = std::fs::read_to_string(&wrong).unwrap();
+    std::fs::write(&wrong, format!("now = \"garbage\"\n{case}")).unwrap();
+    let (code, output) = policy_command(&["policy", "test", wrong.to_str().unwrap()], &config);
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("case \"release grants\": now = \"garbage\""),
+        "{output}"
+    );
 }
 
 #[test]
@@ -484,6 +494,10 @@ fn eval_prints_the_whole_decision_and_exits_by_it() {
     // A valid body past max_body_bytes is refused as serve refuses it.
     let padded = format!("{}{}", " ".repeat(70_000), grants(1));
     let (code, output) = eval("ci-bot", "POST", CREATE, &padded);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("SWR.GATE.4130001"), "{output}");
+    // Only what could be too large is read: not a body without end.
+    let (code, output) = eval_grant(&config, Path::new("/dev/zero"));
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("SWR.GATE.4130001"), "{output}");
 
