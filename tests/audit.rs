@@ -493,6 +493,31 @@ fn query_filters_records_for_people_and_tools() {
         "text",
     ]);
     assert!(out.lines().all(|l| l.contains("team-a/app")), "{out}");
+
+    // A damaged line, not UTF-8 or not JSON, is skipped with a warning: the records after
+    // it, in this file and the next, are all still found.
+    let every = |files: &[&str]| {
+        let (ok, out) = swr_gate(&[&["audit", "query", "--format", "json"][..], files].concat());
+        assert!(ok, "{out}");
+        (out.lines().filter(|l| l.starts_with('{')).count(), out)
+    };
+    let (records, _) = every(&[&path]);
+    let mut damaged = std::fs::read(&path).unwrap();
+    let second_line = damaged.iter().position(|&b| b == b'\n').unwrap() + 1;
+    damaged.splice(
+        second_line..second_line,
+        b"\xff\xfe{torn\r\nnot json\n".to_vec(),
+    );
+    let damaged_path = gate.audit_path().with_extension("damaged");
+    std::fs::write(&damaged_path, damaged).unwrap();
+    let damaged_path = damaged_path.display().to_string();
+    let (found, out) = every(&[&damaged_path, &path]);
+    assert_eq!(found, 2 * records, "{out}");
+    assert_eq!(
+        out.matches("not a JSON record, skipped").count(),
+        2,
+        "{out}"
+    );
 }
 
 fn grant_as_release_tool(gate: &Gateway) {

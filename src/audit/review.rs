@@ -171,9 +171,15 @@ pub fn query(
         let reader = BufReader::new(
             std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?,
         );
-        for (number, line) in reader.lines().enumerate() {
+        // Lines as bytes: one that is not UTF-8 (a torn or damaged record) is skipped like
+        // any other that is not a record, and the records after it are still read.
+        for (number, line) in reader.split(b'\n').enumerate() {
             let line = line.map_err(|e| format!("{}: {e}", file.display()))?;
-            let Ok(record) = serde_json::from_str::<Value>(&line) else {
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            let Some((line, record)) = std::str::from_utf8(line)
+                .ok()
+                .and_then(|line| Some((line, serde_json::from_str::<Value>(line).ok()?)))
+            else {
                 eprintln!(
                     "warning: {}:{}: not a JSON record, skipped",
                     file.display(),
