@@ -34,6 +34,8 @@ pub enum ErrorKind {
     AmbiguousCredentials,
     TooManyAuthFailures,
     RateLimited,
+    /// The process remembers as many of this client's recent signatures as it can.
+    ReplayMemoryFull,
     RateLimitUnavailable,
     PolicyDenied,
     UnmatchedRoute,
@@ -67,7 +69,7 @@ impl ErrorKind {
             | MalformedAuthorization
             | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
             PolicyDenied => StatusCode::FORBIDDEN,
-            TooManyAuthFailures | RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            TooManyAuthFailures | RateLimited | ReplayMemoryFull => StatusCode::TOO_MANY_REQUESTS,
             UnmatchedRoute => StatusCode::NOT_FOUND,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +110,7 @@ impl ErrorKind {
             UnmatchedRoute => "SWR.GATE.4040001",
             RateLimited => "SWR.GATE.4290001",
             TooManyAuthFailures => "SWR.GATE.4290002",
+            ReplayMemoryFull => "SWR.GATE.4290003",
             RateLimitUnavailable => "SWR.GATE.5030003",
             Stopped => "SWR.GATE.5030004",
             ReplayUnavailable => "SWR.GATE.5030005",
@@ -148,6 +151,7 @@ impl ErrorKind {
             AmbiguousCredentials => "ambiguous_credentials",
             TooManyAuthFailures => "too_many_failures",
             RateLimited => "rate_limited",
+            ReplayMemoryFull => "replay_memory_full",
             PolicyDenied => "policy_denied",
             RateLimitUnavailable => "rate_limit_unavailable",
             UnmatchedRoute => "unmatched_route",
@@ -180,7 +184,7 @@ impl ErrorKind {
             | TooManyAuthFailures => "auth",
             MalformedJson | DuplicateKey | NestingTooDeep | BodyNotUtf8 | BodyTimeout
             | BodyTooLarge | UnsupportedMediaType => "body",
-            RateLimited | RateLimitUnavailable => "rate_limit",
+            RateLimited | RateLimitUnavailable | ReplayMemoryFull => "rate_limit",
             SchemaViolation => "schema",
             PolicyDenied => "policy",
             UpstreamUnreachable | UpstreamTimeout | NoToken | AuditUnavailable | Stopped

@@ -11,7 +11,10 @@ use crate::error::{ErrorKind, GateError};
 use crate::redis_link::{self, RedisLink};
 
 /// Signatures remembered at most in the process, over all clients (under 100 MiB at
-/// the cap). Each is kept only until its date leaves the window.
+/// the cap). Each is kept only until its date leaves the window. Half is kept for
+/// whoever signs, half is shared out among the signing clients, so that one client's
+/// flood can neither crowd out the others nor be held to a share of a few hundred
+/// signatures because thousands of idle clients are configured.
 const CAPACITY: usize = 1_000_000;
 
 /// The first 128 bits of a signature: an HMAC nobody without the key can aim at
@@ -21,6 +24,7 @@ type Fingerprint = [u8; 16];
 pub struct ReplayGuard {
     seen: Mutex<Seen>,
     shared: Option<RedisLink>,
+    capacity: usize,
 }
 
 /// A verified signature, to be spent once.
@@ -53,6 +57,7 @@ impl ReplayGuard {
         ReplayGuard {
             seen: Mutex::default(),
             shared: shared_url.map(RedisLink::new),
+            capacity: CAPACITY,
         }
     }
 
@@ -76,9 +81,11 @@ impl ReplayGuard {
             return Err(replayed());
         }
         let number = seen.number_of(&used.client);
-        if seen.remembered[number as usize] >= CAPACITY / used.signing_clients.max(1) {
+        let open_to_all = seen.signatures.len() < self.capacity / 2;
+        let share = self.capacity / 2 / used.signing_clients.max(1);
+        if !open_to_all && seen.remembered[number as usize] >= share {
             return Err(GateError::new(
-                ErrorKind::RateLimited,
+                ErrorKind::ReplayMemoryFull,
                 "this client signed more requests in the last 15 minutes than can be remembered to rule out replays; retry later",
             )
             .with_retry_after(60));
@@ -205,15 +212,25 @@ mod tests {
     }
 
     #[test]
-    fn one_client_fills_only_its_own_share() {
-        let guard = ReplayGuard::new(None);
-        {
-            let mut seen = guard.seen.lock().unwrap();
-            let number = seen.number_of("flood");
-            seen.remembered[number as usize] = CAPACITY / 4;
+    fn a_flood_takes_the_open_half_and_every_other_client_keeps_its_share() {
+        let guard = ReplayGuard {
+            capacity: 100,
+            ..ReplayGuard::new(None)
+        };
+        let first = |client, n| guard.first_use_here(&spend(client, 4, n, 100, 10));
+        // One client of four, alone: the open half, not only a quarter.
+        for n in 0..50 {
+            first("flood", n).unwrap();
         }
-        let refused = guard.first_use_here(&spend("flood", 4, 1, 100, 10));
-        assert_eq!(refused.unwrap_err().kind, ErrorKind::RateLimited);
-        assert!(guard.first_use_here(&spend("other", 4, 2, 100, 10)).is_ok());
+        assert_eq!(
+            first("flood", 50).unwrap_err().kind,
+            ErrorKind::ReplayMemoryFull
+        );
+        // Each of the others still has its share of the other half (100 / 2 / 4).
+        for n in 100..112 {
+            first("other", n).unwrap();
+        }
+        assert!(first("other", 112).is_err());
+        assert!(first("third", 200).is_ok());
     }
 }
