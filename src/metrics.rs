@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::audit::{Decision, Health};
+use crate::error::ErrorKind;
 use crate::iam::TokenSource;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,11 +153,28 @@ impl Collector for AuditCollector {
     }
 }
 
+/// The refusals counted as failed authentications: every error kind of the `auth` stage.
+const AUTH_REFUSALS: [ErrorKind; 9] = [
+    ErrorKind::NotAuthenticated,
+    ErrorKind::UnknownCredential,
+    ErrorKind::BadSignature,
+    ErrorKind::StaleDate,
+    ErrorKind::Replay,
+    ErrorKind::ReplayUnavailable,
+    ErrorKind::MalformedAuthorization,
+    ErrorKind::AmbiguousCredentials,
+    ErrorKind::TooManyAuthFailures,
+];
+
 impl Metrics {
+    /// `operations`: the route table's and `forward`, each with a `rate_limited` series
+    /// from the start (as every `auth_failures` reason and `config_reloads` result), so
+    /// that an alert on them has a series before the first refusal.
     pub fn new(
         tokens: Arc<TokenSource>,
         audit: Arc<Health>,
         connections: ConnectionPlaces,
+        operations: &[String],
     ) -> Self {
         let mut registry = Registry::with_prefix("swr_gate");
         registry.register_collector(Box::new(TokenCollector(tokens)));
@@ -166,13 +184,23 @@ impl Metrics {
         let duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let upstream_duration =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let rate_limited = Family::default();
-        let auth_failures = Family::default();
+        let rate_limited: Family<OperationLabel, Counter> = Family::default();
+        let auth_failures: Family<ReasonLabel, Counter> = Family::default();
         let config_reloads: Family<ResultLabel, Counter> = Family::default();
         // Both series from the start, so an alert on errors has a series before the
         // first reload.
         for result in ["ok", "error"] {
             let _ = config_reloads.get_or_create(&ResultLabel { result });
+        }
+        for operation in operations {
+            let _ = rate_limited.get_or_create(&OperationLabel {
+                operation: operation.clone(),
+            });
+        }
+        for refusal in AUTH_REFUSALS {
+            let _ = auth_failures.get_or_create(&ReasonLabel {
+                reason: refusal.name(),
+            });
         }
         registry.register(
             "requests",

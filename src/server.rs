@@ -91,6 +91,13 @@ pub async fn serve_then(
         places: Arc::new(Semaphore::new(max)),
         by_address: Default::default(),
     };
+    let operations: Vec<String> = snapshot
+        .routes
+        .routes()
+        .iter()
+        .map(|route| route.operation.clone())
+        .chain([crate::policy::FORWARD.to_owned()])
+        .collect();
     let gate = Arc::new(Gate {
         snapshot: ArcSwap::from_pointee(snapshot),
         audit,
@@ -107,6 +114,7 @@ pub async fn serve_then(
                 places: room.places.clone(),
                 max,
             },
+            &operations,
         ),
         tokens,
         draining: Default::default(),

@@ -146,6 +146,18 @@ fn metrics_parse_and_count_the_traffic_sent() {
         sample(&samples, "swr_gate_audit_write_errors_total", &[]),
         0.0
     );
+    // Series an alert would watch are there, at 0, before anything happened to them.
+    let present = |name: &str, label: &str, value: &str| {
+        samples
+            .iter()
+            .any(|(n, l, v)| n == name && l[label] == value && *v == 0.0)
+    };
+    assert!(present("swr_gate_auth_failures_total", "reason", "replay"));
+    assert!(present(
+        "swr_gate_rate_limited_total",
+        "operation",
+        "forward"
+    ));
     assert_eq!(get(&format!("http://127.0.0.1:{admin}/healthz")), "ok\n");
 }
 
