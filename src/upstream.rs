@@ -257,7 +257,8 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// A credential of the client's (the SDK's signature headers included), or framing and
 /// addressing that the gateway sets itself. The client's address reaches SWR only in the
 /// gateway's `X-Forwarded-For`, so `X-Real-IP` and `Forwarded`, which a client can
-/// write anything into, do not pass.
+/// write anything into, do not pass. Nor do the headers some front ends take as the
+/// request's real path (`X-Original-URL`): SWR must act on the path that was checked.
 fn is_client_credential(name: &HeaderName) -> bool {
     let name = name.as_str();
     matches!(
@@ -271,6 +272,9 @@ fn is_client_credential(name: &HeaderName) -> bool {
             | "content-length"
             | "x-real-ip"
             | "forwarded"
+            | "x-original-url"
+            | "x-original-uri"
+            | "x-rewrite-url"
     ) || name.starts_with("x-sdk-")
 }
 

@@ -135,6 +135,14 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
             ("x-forwarded-for", "5.5.5.5, 4.4.4.4"),
             ("x-real-ip", "7.7.7.7"),
             ("forwarded", "for=7.7.7.7"),
+            (
+                "x-original-url",
+                "/v2/manage/namespaces/team-b/repos/tool/access",
+            ),
+            (
+                "x-rewrite-url",
+                "/v2/manage/namespaces/team-b/repos/tool/access",
+            ),
         ],
         grants(1).as_bytes(),
     );
@@ -149,6 +157,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
         "authorization",
         "x-real-ip",
         "forwarded",
+        "x-original-url",
+        "x-rewrite-url",
     ] {
         assert!(headers.get(name).is_none(), "{name} reached SWR");
     }
