@@ -458,6 +458,19 @@ fn refuse_ambiguous_message(parts: &http::request::Parts) -> Result<(), GateErro
     if hosts == 0 && parts.version == http::Version::HTTP_11 && parts.uri.authority().is_none() {
         return refuse("an HTTP/1.1 request needs a Host header");
     }
+    // HTTP/2's `:authority` (or an absolute-form target) and `Host` naming different hosts
+    // is malformed (RFC 9113 §8.3.1): a signature is checked against one of them.
+    if let (Some(authority), Some(host)) =
+        (parts.uri.authority(), parts.headers.get(http::header::HOST))
+    {
+        if !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+        {
+            return refuse("the Host header and the request's authority name different hosts");
+        }
+    }
     let mut codings = parts
         .headers
         .get_all(http::header::TRANSFER_ENCODING)

@@ -509,14 +509,7 @@ fn an_http2_body_longer_than_its_content_length_is_not_forwarded_whole() {
     let gate = Gateway::start_with(&swr.url(), "", forward_unmatched);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
+        let (mut sender, _driver) = h2_connect(gate.addr).await;
         let request = http::Request::builder()
             .method("POST")
             .uri(format!("http://{}/v2/manage/namespaces", gate.addr))
@@ -533,4 +526,41 @@ fn an_http2_body_longer_than_its_content_length_is_not_forwarded_whole() {
         swr.received().iter().all(|request| request.body.is_empty()),
         "SWR took the first 3 bytes as the whole request"
     );
+}
+
+/// HTTP/2 names the host twice when a client sends `Host` beside `:authority`: if they
+/// differ, the request is malformed (RFC 9113 §8.3.1), as two Host headers are in HTTP/1.1.
+#[test]
+fn an_http2_authority_that_disagrees_with_host_is_refused() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start(&swr.url());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let send = |host: &'static str| {
+        runtime.block_on(async {
+            let (mut sender, _driver) = h2_connect(gate.addr).await;
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{}{CREATE}", gate.addr))
+                .header("host", host.replace("GATE", &gate.addr.to_string()))
+                .header("x-api-key", API_KEY)
+                .header("content-type", "application/json")
+                .body(Frames([bytes::Bytes::from(grants(1))].into()))
+                .unwrap();
+            let answer = sender.send_request(request).await.unwrap();
+            let status = answer.status().as_u16();
+            let body = http_body_util::BodyExt::collect(answer.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or_default(),
+            )
+        })
+    };
+    let (status, body) = send("swr.example.com");
+    assert_eq!(status, 400);
+    assert_eq!(body["error_code"], "SWR.GATE.4000009", "{body}");
+    assert!(swr.received().is_empty());
+    assert_eq!(send("GATE").0, 201);
 }

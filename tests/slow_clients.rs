@@ -134,26 +134,6 @@ fn an_idle_http1_keep_alive_connection_is_closed() {
     assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
 }
 
-/// An HTTP/2 connection to the gateway, and the task driving it (done once it closed).
-async fn h2_connect(
-    addr: std::net::SocketAddr,
-) -> (
-    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (sender, driver)
-}
-
 fn h2_request(
     method: &str,
     path: &str,

@@ -1001,3 +1001,29 @@ pub fn burst(count: usize, send: impl Fn() -> Answer + Sync) -> Vec<Answer> {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
+
+/// An HTTP/2 (prior knowledge) connection to the gateway at `addr`, and the task driving
+/// it (done once it closed). Call it inside a tokio runtime.
+pub async fn h2_connect<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driver)
+}
