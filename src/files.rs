@@ -2,20 +2,30 @@
 //! certificates. Only regular files are read, so that a stray FIFO or device cannot stall
 //! the thread that loads, reloads and answers signals.
 
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The bytes of a regular file, or of the one a symlink leads to (Kubernetes mounts
-/// ConfigMaps and Secrets as symlinks). Anything else is refused before it is opened:
-/// opening a FIFO waits until some writer comes, and a device like `/dev/zero` never ends.
+/// ConfigMaps and Secrets as symlinks). Anything else is refused: a FIFO would keep the
+/// reader waiting for a writer, and a device like `/dev/zero` never ends. Opened without
+/// blocking and judged by what was opened, so a FIFO put in the file's place between a
+/// look and the open cannot hold the reader either.
 pub fn read(path: &Path) -> io::Result<Vec<u8>> {
-    if !std::fs::metadata(path)?.is_file() {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    std::fs::read(path)
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// [`read`], as UTF-8 text.

@@ -247,14 +247,27 @@ impl Policies {
     /// found, each with its file and line.
     pub fn load(dir: &Path, known: &Known) -> Result<Policies, Vec<String>> {
         let schema = Source::read(&dir.join(SCHEMA_FILE)).map_err(|p| vec![p])?;
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        let (mut paths, hidden): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(dir)
             .map_err(|e| vec![format!("{}: {e}", dir.display())])?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| {
-                crate::files::is_listed(path) && path.extension().is_some_and(|ext| ext == "cedar")
-            })
-            .collect();
+            .filter(|path| path.extension().is_some_and(|ext| ext == "cedar"))
+            .partition(|path| crate::files::is_listed(path));
         paths.sort();
+        // Said aloud, since a hidden forbid left behind would otherwise stop applying
+        // unnoticed; an editor's lock (`.#grants.cedar`) comes and goes with every edit.
+        let skipped = hidden
+            .iter()
+            .filter(|path| {
+                !path
+                    .file_name()
+                    .is_some_and(|n| n.as_encoded_bytes().starts_with(b".#"))
+            })
+            .map(|path| {
+                format!(
+                    "{}: a hidden file is no policy, and is not loaded",
+                    path.display()
+                )
+            });
         let mut files = Vec::new();
         let mut problems = Vec::new();
         for path in paths {
@@ -265,7 +278,10 @@ impl Policies {
         }
         let policies = Policies::from_sources(&schema, files, known);
         match policies {
-            Ok(policies) if problems.is_empty() => Ok(policies),
+            Ok(mut policies) if problems.is_empty() => {
+                policies.warnings.extend(skipped);
+                Ok(policies)
+            }
             Ok(_) => Err(problems),
             Err(more) => {
                 problems.extend(more);

@@ -530,6 +530,11 @@ fn hidden_files_are_not_policies_and_a_fifo_is_refused() {
     let config = write_config(work.path(), dir.path());
     let (code, output) = policy_command(&["check"], &config);
     assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains(".hidden.cedar: a hidden file is no policy, and is not loaded"),
+        "{output}"
+    );
+    assert!(!output.contains(".#forward.cedar"), "{output}");
     let body = work.path().join("body.json");
     std::fs::write(&body, grants(1)).unwrap();
     let (code, output) = eval_grant(&config, &body);
