@@ -463,11 +463,7 @@ fn refuse_ambiguous_message(parts: &http::request::Parts) -> Result<(), GateErro
     if let (Some(authority), Some(host)) =
         (parts.uri.authority(), parts.headers.get(http::header::HOST))
     {
-        if !authority
-            .as_str()
-            .as_bytes()
-            .eq_ignore_ascii_case(host.as_bytes())
-        {
+        if !same_host(authority, host, parts.uri.scheme_str()) {
             return refuse("the Host header and the request's authority name different hosts");
         }
     }
@@ -482,6 +478,22 @@ fn refuse_ambiguous_message(parts: &http::request::Parts) -> Result<(), GateErro
         }
     }
     Ok(())
+}
+
+/// Whether `Host` names the host and port the request's authority does: letters in either
+/// case, and a port left out the same as the scheme's default (`gate` is `gate:443` over
+/// https), as a client that writes its own Host may leave it out.
+fn same_host(authority: &http::uri::Authority, host: &HeaderValue, scheme: Option<&str>) -> bool {
+    let Some(host) = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    else {
+        return false;
+    };
+    let default = if scheme == Some("https") { 443 } else { 80 };
+    authority.host().eq_ignore_ascii_case(host.host())
+        && authority.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default)
 }
 
 /// The `decided` record goes out before the request leaves for SWR, so a crash between
@@ -856,6 +868,26 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_authority_agree_up_to_case_and_default_ports() {
+        let agree = |authority: &str, host: &str, scheme| {
+            same_host(
+                &authority.parse().unwrap(),
+                &HeaderValue::from_str(host).unwrap(),
+                scheme,
+            )
+        };
+        assert!(agree("gate:8080", "GATE:8080", Some("http")));
+        assert!(agree("gate:80", "gate", Some("http")));
+        assert!(agree("gate", "gate:443", Some("https")));
+        assert!(agree("gate:", "gate", Some("http")));
+        assert!(agree("[::1]:8080", "[::1]:8080", Some("http")));
+        assert!(!agree("gate:443", "gate", Some("http")));
+        assert!(!agree("gate:8080", "gate:8081", Some("http")));
+        assert!(!agree("gate", "swr.example.com", Some("https")));
+        assert!(!agree("gate", "gate/../x", Some("https")));
+    }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
