@@ -168,6 +168,7 @@ impl ErrorKind {
     }
 
     /// Which pipeline stage refused the request, as the audit record's `denied_by` says it.
+    /// A new `auth` kind also goes into `metrics::AUTH_REFUSALS`, for its series.
     pub fn stage(self) -> &'static str {
         use ErrorKind::*;
         match self {

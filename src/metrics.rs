@@ -280,8 +280,9 @@ impl Metrics {
                     .get_or_create(&ReasonLabel { reason })
                     .inc();
             }
-            // A limit that could not be checked (Redis away) refused nobody for rate.
-            Some(("rate_limit", "rate_limited")) => {
+            // A limit that could not be checked (Redis away) refused nobody for rate; a
+            // client past its share of the replay memory was refused for it.
+            Some(("rate_limit", "rate_limited" | "replay_memory_full")) => {
                 self.rate_limited.get_or_create(&operation).inc();
             }
             _ => {}
@@ -306,5 +307,18 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_refusals_are_the_auth_stage_s_with_distinct_reasons() {
+        let reasons: std::collections::HashSet<_> =
+            AUTH_REFUSALS.iter().map(|kind| kind.name()).collect();
+        assert_eq!(reasons.len(), AUTH_REFUSALS.len());
+        assert!(AUTH_REFUSALS.iter().all(|kind| kind.stage() == "auth"));
     }
 }

@@ -230,7 +230,10 @@ mod tests {
         for n in 100..112 {
             first("other", n).unwrap();
         }
-        assert!(first("other", 112).is_err());
+        assert_eq!(
+            first("other", 112).unwrap_err().kind,
+            ErrorKind::ReplayMemoryFull
+        );
         assert!(first("third", 200).is_ok());
     }
 }
