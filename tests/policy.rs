@@ -437,6 +437,11 @@ fn the_shipped_policy_cases_pass_and_a_wrong_expectation_fails() {
         output.contains("case \"release grants\": now = \"garbage\""),
         "{output}"
     );
+    let unrouted = case.replace("create_user_repository_auth", "delete_everything");
+    std::fs::write(&wrong, unrouted).unwrap();
+    let (code, output) = policy_command(&["policy", "test", wrong.to_str().unwrap()], &config);
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("delete_everything"), "{output}");
 }
 
 #[test]
