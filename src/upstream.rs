@@ -258,7 +258,8 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// addressing that the gateway sets itself. The client's address reaches SWR only in the
 /// gateway's `X-Forwarded-For`, so `X-Real-IP` and `Forwarded`, which a client can
 /// write anything into, do not pass. Nor do the headers some front ends take as the
-/// request's real path (`X-Original-URL`): SWR must act on the path that was checked.
+/// request's real path or its prefix (`X-Original-URL`, `X-Forwarded-Prefix`): SWR must
+/// act on the path that was checked.
 fn is_client_credential(name: &HeaderName) -> bool {
     let name = name.as_str();
     matches!(
@@ -275,6 +276,10 @@ fn is_client_credential(name: &HeaderName) -> bool {
             | "x-original-url"
             | "x-original-uri"
             | "x-rewrite-url"
+            | "x-forwarded-uri"
+            | "x-forwarded-path"
+            | "x-forwarded-prefix"
+            | "x-envoy-original-path"
     ) || name.starts_with("x-sdk-")
 }
 

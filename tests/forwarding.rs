@@ -143,6 +143,11 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
                 "x-rewrite-url",
                 "/v2/manage/namespaces/team-b/repos/tool/access",
             ),
+            (
+                "x-original-uri",
+                "/v2/manage/namespaces/team-b/repos/tool/access",
+            ),
+            ("x-forwarded-prefix", "/v2/manage/namespaces/team-b"),
         ],
         grants(1).as_bytes(),
     );
@@ -159,6 +164,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
         "forwarded",
         "x-original-url",
         "x-rewrite-url",
+        "x-original-uri",
+        "x-forwarded-prefix",
     ] {
         assert!(headers.get(name).is_none(), "{name} reached SWR");
     }
