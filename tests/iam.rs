@@ -559,7 +559,11 @@ fn a_token_file_is_re_read_when_it_changes() {
         "[iam]\nmethod = \"token_file\"\ntoken_file = \"iam-token\"\n",
     );
     let reason = wait_unready(admin);
-    assert!(reason.contains("iam-token: No such file"), "{reason}");
+    // Named by its setting, not its path: a token pasted there by mistake stays unshown.
+    assert!(
+        reason.contains("token_file: the file it names cannot be read (No such file"),
+        "{reason}"
+    );
     let answer = create(&gate);
     assert_eq!(
         (
