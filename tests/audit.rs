@@ -191,7 +191,7 @@ fn editing_deleting_swapping_or_truncating_records_is_caught() {
                     _ => format!("{l}\n"),
                 })
                 .collect(),
-            ":5: its prev is not",
+            ":5: its prev is not the previous record's hash; line 4 before it is cut short",
         ),
         (
             "insert a whole record without a hash",

@@ -55,6 +55,7 @@ pub fn verify(files: &[PathBuf], chain: &Chain) -> Result<Verified, Broken> {
         let mut reader = BufReader::new(reader);
         let mut line = Vec::new();
         let mut number = 0;
+        let mut torn_line = None;
         loop {
             line.clear();
             let read = reader
@@ -73,18 +74,24 @@ pub fn verify(files: &[PathBuf], chain: &Chain) -> Result<Verified, Broken> {
                     "{}:{number}: a torn record (cut off mid-write, as by a crash); the chain goes on past it",
                     file.display()
                 ));
+                torn_line = Some(number);
                 continue;
             }
+            let after_torn = torn_line.take().filter(|torn| *torn == number - 1);
             let (prev, hash) = chain
                 .open(text)
                 .map_err(|reason| broken(number, reason.into()))?;
             match &expected_prev {
                 None => verified.first_prev = prev,
                 Some(expected) if *expected != prev => {
-                    return Err(broken(
-                        number,
-                        "its prev is not the previous record's hash (a record before it was deleted, or records were reordered)".into(),
-                    ))
+                    // A crash's torn record is never built upon: the gateway goes on from
+                    // the whole record before it. So a torn line just before a record that
+                    // does not follow that one most likely lost its end later.
+                    let why = match after_torn {
+                        Some(torn) => format!("its prev is not the previous record's hash; line {torn} before it is cut short: a record that was whole when this one was written and lost its end later (a crash's torn record is never built upon)"),
+                        None => "its prev is not the previous record's hash (a record before it was deleted, or records were reordered)".into(),
+                    };
+                    return Err(broken(number, why));
                 }
                 Some(_) => {}
             }
