@@ -103,6 +103,9 @@ pub struct Clients {
 impl Clients {
     pub fn from_config(config: &Config) -> Result<Clients, Vec<String>> {
         let mut problems = Vec::new();
+        // Each secret key by its digest, with the client holding it: two clients with one
+        // SK could each sign as the other.
+        let mut secret_holders: HashMap<[u8; 32], Arc<Client>> = HashMap::new();
         let mut clients = Clients {
             api_keys: Vec::new(),
             access_keys: HashMap::new(),
@@ -135,8 +138,8 @@ impl Clients {
                 credentials += 1;
                 match load_secret(config, spec) {
                     Ok(secret) => {
-                        if let Some((_, other)) =
-                            clients.access_keys.values().find(|(s, _)| s.0 == secret.0)
+                        if let Some(other) =
+                            secret_holders.insert(sha256(&secret.0), client.clone())
                         {
                             problems.push(format!(
                                 "[[clients]] {name:?}: client {:?} has the same secret key; each needs its own, or either could sign as the other",
