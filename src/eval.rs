@@ -461,15 +461,8 @@ pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, boo
     let files = match files {
         [] => {
             let dir = config.resolve(&config.policy.dir).join("tests");
-            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| {
-                    crate::files::is_listed(path)
-                        && path.extension().is_some_and(|ext| ext == "toml")
-                })
-                .collect();
-            found.sort();
+            let (found, _hidden) = crate::files::with_extension(&dir, "toml")
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
             found
         }
         given => given.to_vec(),

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The bytes of a regular file, or of the one a symlink leads to (Kubernetes mounts
 /// ConfigMaps and Secrets as symlinks). Anything else is refused: a FIFO would keep the
@@ -38,10 +38,22 @@ pub fn read_to_string(path: &Path) -> io::Result<String> {
     })
 }
 
+/// The entries of `dir` named `*.{extension}`, sorted: those loading takes, and the
+/// hidden ones it passes over.
+pub fn with_extension(dir: &Path, extension: &str) -> io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (mut listed, mut hidden): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == extension))
+        .partition(|path| is_listed(path));
+    listed.sort();
+    hidden.sort();
+    Ok((listed, hidden))
+}
+
 /// Whether loading takes a directory entry: not a hidden one. Editors keep lock and swap
 /// files beside the file being edited under a leading dot (`.#grants.cedar`, a symlink
 /// to nowhere), and Kubernetes its `..data` links.
-pub fn is_listed(path: &Path) -> bool {
+fn is_listed(path: &Path) -> bool {
     path.file_name()
         .is_some_and(|name| !name.as_encoded_bytes().starts_with(b"."))
 }

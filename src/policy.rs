@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -247,12 +247,8 @@ impl Policies {
     /// found, each with its file and line.
     pub fn load(dir: &Path, known: &Known) -> Result<Policies, Vec<String>> {
         let schema = Source::read(&dir.join(SCHEMA_FILE)).map_err(|p| vec![p])?;
-        let (mut paths, hidden): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(dir)
-            .map_err(|e| vec![format!("{}: {e}", dir.display())])?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "cedar"))
-            .partition(|path| crate::files::is_listed(path));
-        paths.sort();
+        let (paths, hidden) = crate::files::with_extension(dir, "cedar")
+            .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
         // Said aloud, since a hidden forbid left behind would otherwise stop applying
         // unnoticed; an editor's lock (`.#grants.cedar`) comes and goes with every edit.
         let skipped = hidden
