@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -44,7 +44,7 @@ mod malformed;
 mod per_address;
 
 use client_socket::{ClientSocket, GiveUp};
-use malformed::MalformedAnswers;
+use malformed::{Handback, MalformedAnswers};
 use per_address::{AddressLimit, AddressPlace, Admission, OpenByAddress};
 
 /// Largest request head (request line plus headers) accepted.
@@ -500,12 +500,9 @@ where
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(MAX_REQUESTS_PER_CONNECTION as u32);
     let client = peer.addr;
-    let io = {
-        let gate = gate.clone();
-        MalformedAnswers::new(io, move |error| {
-            pipeline::refuse_unreadable(&gate, client, error)
-        })
-    };
+    let (handback, mut handed_back) = oneshot::channel();
+    let io = MalformedAnswers::new(io, handback);
+    let refusing = gate.clone();
     let peer = Arc::new(peer);
     let activity = Arc::new(Activity::new());
     // A request runs on a task of its own, which the client hanging up does not cancel,
@@ -554,39 +551,49 @@ where
         })
     };
     let idle_limit = limits.header_timeout;
-    let mut connection = pin!(builder.serve_connection(io, service));
-    let mut stopping = pin!(stopped(stop));
-    let mut deadline = Instant::now() + idle_limit;
-    let mut closing = false;
-    loop {
-        let stall = activity.stalled_at(limits.answer_timeout);
-        tokio::select! {
-            result = connection.as_mut() => return result,
-            _ = stopping.as_mut(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-                deadline = Instant::now() + idle_limit;
-            }
-            _ = tokio::time::sleep_until(stall.map_or(deadline, |stall| stall.min(deadline))) => {
-                let now = Instant::now();
-                if activity.stalled_at(limits.answer_timeout).is_some_and(|at| at <= now) {
-                    tracing::debug!(peer = %client, "the client took no part of its answers in time; disconnected");
-                    give_up.now();
-                    return Ok(());
+    // The connection, and with it the socket, is dropped when this block ends.
+    let result = async {
+        let mut connection = pin!(builder.serve_connection(io, service));
+        let mut stopping = pin!(stopped(stop));
+        let mut deadline = Instant::now() + idle_limit;
+        let mut closing = false;
+        loop {
+            let stall = activity.stalled_at(limits.answer_timeout);
+            tokio::select! {
+                result = connection.as_mut() => return result,
+                _ = stopping.as_mut(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                    deadline = Instant::now() + idle_limit;
                 }
-                match activity.idle_until(idle_limit) {
-                    Some(until) if until <= now && closing => return Ok(()),
-                    Some(until) if until <= now => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        deadline = now + idle_limit;
+                _ = tokio::time::sleep_until(stall.map_or(deadline, |stall| stall.min(deadline))) => {
+                    let now = Instant::now();
+                    if activity.stalled_at(limits.answer_timeout).is_some_and(|at| at <= now) {
+                        tracing::debug!(peer = %client, "the client took no part of its answers in time; disconnected");
+                        give_up.now();
+                        return Ok(());
                     }
-                    Some(until) => deadline = until,
-                    None => deadline = now + idle_limit,
+                    match activity.idle_until(idle_limit) {
+                        Some(until) if until <= now && closing => return Ok(()),
+                        Some(until) if until <= now => {
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                            deadline = now + idle_limit;
+                        }
+                        Some(until) => deadline = until,
+                        None => deadline = now + idle_limit,
+                    }
                 }
             }
         }
     }
+    .await;
+    if let Ok(Handback { io, held }) = handed_back.try_recv() {
+        let answer = malformed::ended_on_refusal(&result)
+            .then(|| pipeline::refuse_unreadable(&refusing, client, held.error()));
+        let _ = tokio::time::timeout(idle_limit, malformed::finish(io, held, answer)).await;
+    }
+    result
 }
 
 /// Whether a connection has a request in progress, and since when it has had none; and

@@ -306,6 +306,42 @@ fn exchange(gate: &Gateway, bytes: &[u8]) -> Vec<Answer> {
         .collect()
 }
 
+/// SWR's answers pass through unparsed: one that ends with the very bytes of hyper's
+/// bare refusal reaches the client as it was, and the connection serves on.
+#[test]
+fn an_answer_from_swr_that_ends_like_a_refusal_is_passed_on_whole() {
+    const BODY: &str = "text\r\nHTTP/1.1 400 Bad Request\r\nconnection: close\r\n\
+                        content-length: 0\r\ndate: Sun, 29 Nov 2026 11:32:42 GMT\r\n\r\n";
+    let swr = StandInSwr::start();
+    swr.set(Behaviour::Verbatim(BODY));
+    let gate = Gateway::start_with(&swr.url(), "", forward_unmatched);
+    let get = |connection: &str| {
+        format!("GET /v2/manage/elsewhere HTTP/1.1\r\nhost: a\r\nx-api-key: {API_KEY}\r\n{connection}\r\n")
+    };
+    let mut stream = std::net::TcpStream::connect(gate.addr).unwrap();
+    stream.write_all(get("").as_bytes()).unwrap();
+    // The first answer whole before the second request, so that hyper is idle between.
+    let mut raw = Vec::new();
+    let mut chunk = [0; 4096];
+    while !String::from_utf8_lossy(&raw).ends_with(BODY) {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    stream
+        .write_all(get("connection: close\r\n").as_bytes())
+        .unwrap();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert_eq!(raw.matches(BODY).count(), 2, "{raw}");
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert_eq!(raw.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{raw}");
+    assert!(!raw.contains("SWR.GATE"), "{raw}");
+    let records = gate.audit_records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().all(|r| r["status"] == 200), "{records:?}");
+}
+
 /// What hyper lets through but could be read two ways is refused in the contract's
 /// shape: a coding before `chunked` (the gateway's re-framing would drop it), a missing
 /// or repeated Host.

@@ -5,50 +5,68 @@
 //! `Content-Length`s, a `Transfer-Encoding` that does not end in `chunked`) or one over
 //! the size limit itself, with a bare `400`, `431` or `414` and no body, then closes the
 //! connection; the service never sees the message. It has no hook for that answer, so
-//! this connection wrapper recognises it on its way out and writes the contract's answer
-//! in its place: the JSON error body, `X-Request-Id`, and an audit record.
+//! this connection wrapper holds back a write that ends like one, and the server decides
+//! once hyper is done: hyper ending on a parse error means it was the refusal, and the
+//! contract's answer (the JSON error body, `X-Request-Id`, an audit record) goes in its
+//! place. Anything else hyper does first (another write, a read) shows the bytes were an
+//! answer's own, and they go out as they were: SWR's answers pass through unparsed, and
+//! one may end with these very bytes.
 
 use std::io;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
 use hyper::rt::{Read, ReadBufCursor, Write};
+use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GateError};
 
-/// A connection whose bare refusals from hyper are replaced by `refuse`'s answers.
-pub struct MalformedAnswers<I, F> {
-    io: I,
-    refuse: F,
+/// A connection whose bare refusals from hyper are held back for the server to replace.
+pub struct MalformedAnswers<I> {
+    /// Taken only when the wrapper is dropped holding a write: see [`Handback`].
+    io: Option<I>,
     /// Decided on the first write: HTTP/1 answers start with `HTTP/1.`, HTTP/2 frames
     /// never do, and only HTTP/1 has bare refusals.
     http1: Option<bool>,
-    /// Bytes to write before anything else: what preceded the refusal in hyper's last
-    /// write, then the answer that replaces it.
+    /// Bytes to write before anything else: a held write found to be no refusal.
     pending: Bytes,
+    held: Option<Held>,
+    handback: Option<oneshot::Sender<Handback<I>>>,
 }
 
-impl<I, F> MalformedAnswers<I, F>
-where
-    I: Write + Unpin,
-    F: Fn(GateError) -> Response<Bytes> + Unpin,
-{
-    pub fn new(io: I, refuse: F) -> MalformedAnswers<I, F> {
+/// What the wrapper leaves the server when hyper is done with a write still held.
+pub struct Handback<I> {
+    pub io: I,
+    pub held: Held,
+}
+
+/// A write hyper made that ends like a bare refusal: all its bytes, in hyper's order.
+pub struct Held {
+    bytes: Bytes,
+    refusal: Range<usize>,
+    version: Range<usize>,
+    date: Range<usize>,
+    status: StatusCode,
+}
+
+impl<I: Write + Unpin> MalformedAnswers<I> {
+    pub fn new(io: I, handback: oneshot::Sender<Handback<I>>) -> MalformedAnswers<I> {
         MalformedAnswers {
-            io,
-            refuse,
+            io: Some(io),
             http1: None,
             pending: Bytes::new(),
+            held: None,
+            handback: Some(handback),
         }
     }
 
     /// Write out what is pending; ready once none is left.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
-            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending))?;
+            let written = ready!(present(&mut self.io)?.poll_write(cx, &self.pending))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -57,15 +75,23 @@ where
         Poll::Ready(Ok(()))
     }
 
-    /// When one of `bufs` (all hyper asked to write) ends with a bare refusal, take the
-    /// write over: queue everything else in order, then the contract's answer in the
-    /// refusal's place, and say how much of hyper's bytes that covers.
+    /// hyper went on after a held write (it wrote or read again), which it never does
+    /// after a refusal: the bytes were an answer's, and go out first, as they were.
+    fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            // Nothing is held while anything is pending: writes hold only once it is out.
+            self.pending = held.bytes;
+        }
+    }
+
+    /// When one of `bufs` (all hyper asked to write) ends like a bare refusal, hold the
+    /// whole write back and say it is written.
     ///
     /// The refusal is the last thing hyper sends, but not always the last buffer: under
     /// vectored writes hyper keeps heads in a buffer that goes out before the queued
     /// bodies, and a refusal written while an earlier answer's body is still queued
     /// (pipelined requests, a client slow to read) would go out ahead of that body.
-    fn took_over<B: Deref<Target = [u8]>>(&mut self, bufs: &[B]) -> Option<usize> {
+    fn hold<B: Deref<Target = [u8]>>(&mut self, bufs: &[B]) -> Option<usize> {
         let first = bufs.iter().position(|b| !b.is_empty())?;
         let last = bufs.iter().rposition(|b| !b.is_empty())?;
         if !*self
@@ -74,47 +100,70 @@ where
         {
             return None;
         }
-        let (at, (start, refusal)) = [last, first]
+        let (at, refusal) = [last, first]
             .into_iter()
             .find_map(|i| bare_refusal(&bufs[i]).map(|found| (i, found)))?;
-        let answer = (self.refuse)(refusal.error());
-        let mut out = Vec::new();
-        for (i, buf) in bufs.iter().enumerate() {
-            out.extend_from_slice(if i == at { &buf[..start] } else { buf });
+        let offset: usize = bufs[..at].iter().map(|b| b.len()).sum();
+        let shift = |range: Range<usize>| range.start + offset..range.end + offset;
+        let mut bytes = BytesMut::with_capacity(bufs.iter().map(|b| b.len()).sum());
+        for buf in bufs {
+            bytes.extend_from_slice(buf);
         }
-        out.extend_from_slice(&serialise(&answer, refusal.version, refusal.date));
-        self.pending = Bytes::from(out);
-        Some(bufs.iter().map(|b| b.len()).sum())
+        let taken = bytes.len();
+        self.held = Some(Held {
+            bytes: bytes.freeze(),
+            refusal: shift(refusal.at),
+            version: shift(refusal.version),
+            date: shift(refusal.date),
+            status: refusal.status,
+        });
+        Some(taken)
     }
 }
 
-impl<I: Read + Unpin, F: Unpin> Read for MalformedAnswers<I, F> {
+/// The connection, which only a dropped wrapper has handed on.
+fn present<I: Unpin>(io: &mut Option<I>) -> io::Result<Pin<&mut I>> {
+    io.as_mut()
+        .map(Pin::new)
+        .ok_or_else(|| io::ErrorKind::NotConnected.into())
+}
+
+impl<I> Drop for MalformedAnswers<I> {
+    fn drop(&mut self) {
+        if let (Some(held), Some(io), Some(handback)) =
+            (self.held.take(), self.io.take(), self.handback.take())
+        {
+            let _ = handback.send(Handback { io, held });
+        }
+    }
+}
+
+impl<I: Read + Write + Unpin> Read for MalformedAnswers<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        this.release();
+        ready!(this.poll_pending(cx))?;
+        present(&mut this.io)?.poll_read(cx, buf)
     }
 }
 
-impl<I, F> Write for MalformedAnswers<I, F>
-where
-    I: Write + Unpin,
-    F: Fn(GateError) -> Response<Bytes> + Unpin,
-{
+impl<I: Write + Unpin> Write for MalformedAnswers<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.release();
         ready!(this.poll_pending(cx))?;
-        if let Some(taken) = this.took_over(&[buf]) {
-            // Written by the flush or shutdown hyper does next; hyper writes nothing more.
+        if let Some(taken) = this.hold(&[buf]) {
             return Poll::Ready(Ok(taken));
         }
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        present(&mut this.io)?.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -123,46 +172,50 @@ where
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.release();
         ready!(this.poll_pending(cx))?;
-        if let Some(taken) = this.took_over(bufs) {
+        if let Some(taken) = this.hold(bufs) {
             return Poll::Ready(Ok(taken));
         }
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        present(&mut this.io)?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.io.as_ref().is_some_and(I::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
+        present(&mut self.io)?.poll_flush(cx)
     }
 
+    /// Held bytes are the server's to send and close after: see [`finish`].
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        if self.held.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        present(&mut self.io)?.poll_shutdown(cx)
     }
 }
 
-/// hyper's answer to a message it could not read, as it writes it (hyper 1.x, `on_error`
-/// in `proto/h1/role.rs`): `HTTP/1.1 400 Bad Request` (`HTTP/1.0` once the client spoke
-/// it), then only `connection: close` (not for HTTP/1.0, where it is the default),
-/// `content-length: 0` and `date`, and no body.
-#[derive(Debug, PartialEq)]
-struct BareRefusal<'a> {
-    version: &'a [u8],
-    status: StatusCode,
-    date: &'a [u8],
+/// Whether hyper ended a connection on a message it could not read: after a refusal it
+/// does, and only then.
+pub fn ended_on_refusal(result: &Result<(), Box<dyn std::error::Error + Send + Sync>>) -> bool {
+    result
+        .as_ref()
+        .err()
+        .and_then(|error| error.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_parse)
 }
 
-impl BareRefusal<'_> {
-    fn error(&self) -> GateError {
+impl Held {
+    pub fn error(&self) -> GateError {
         match self.status {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => GateError::new(
                 ErrorKind::HeadTooLarge,
-                "the request line and headers are larger than 64 KiB, or there are more \
-                 than 100 header fields",
+                "the request line and headers are larger than 64 KiB, there are more than \
+                 100 header fields, or the Content-Length is too large to count",
             ),
             // A head hyper read whole (a read can take it a little past the limit) with a
             // target over 65 534 bytes.
@@ -178,12 +231,60 @@ impl BareRefusal<'_> {
             ),
         }
     }
+
+    /// The held bytes with the refusal taken out and `answer` after everything else.
+    fn replaced(&self, answer: &Response<Bytes>) -> Vec<u8> {
+        let bytes = &self.bytes;
+        let mut out = Vec::with_capacity(bytes.len() + 512 + answer.body().len());
+        out.extend_from_slice(&bytes[..self.refusal.start]);
+        out.extend_from_slice(&bytes[self.refusal.end..]);
+        out.extend_from_slice(&serialise(
+            answer,
+            &bytes[self.version.clone()],
+            &bytes[self.date.clone()],
+        ));
+        out
+    }
 }
 
-/// Where a bare refusal starts in `bytes`, when `bytes` ends with one. Looks at the end
-/// only, from a fixed distance: every answer's head passes through here. A body that
-/// ends with these very bytes would be taken for one too; no JSON document can.
-fn bare_refusal(bytes: &[u8]) -> Option<(usize, BareRefusal<'_>)> {
+/// Finish a connection hyper left with a write held: send it, with `answer` in place of
+/// the refusal when hyper ended on one ([`ended_on_refusal`]), then close.
+pub async fn finish<I: Write + Unpin>(
+    mut io: I,
+    held: Held,
+    answer: Option<Response<Bytes>>,
+) -> io::Result<()> {
+    let bytes = match answer {
+        Some(answer) => held.replaced(&answer),
+        None => held.bytes.to_vec(),
+    };
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, rest)).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[written..];
+    }
+    std::future::poll_fn(|cx| Pin::new(&mut io).poll_flush(cx)).await?;
+    std::future::poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await
+}
+
+/// hyper's answer to a message it could not read, as it writes it (hyper 1.x, `on_error`
+/// in `proto/h1/role.rs`): `HTTP/1.1 400 Bad Request` (`HTTP/1.0` once the client spoke
+/// it), then only `connection: close` (not for HTTP/1.0, where it is the default),
+/// `content-length: 0` and `date`, and no body. Ranges are of the bytes looked at.
+#[derive(Debug, PartialEq)]
+struct BareRefusal {
+    at: Range<usize>,
+    version: Range<usize>,
+    date: Range<usize>,
+    status: StatusCode,
+}
+
+/// The bare refusal `bytes` end with, if they do. Looks at the end only, from a fixed
+/// distance: every answer's head passes through here.
+fn bare_refusal(bytes: &[u8]) -> Option<BareRefusal> {
     const STATUS_LINES: [(&[u8], StatusCode); 3] = [
         (b" 400 Bad Request", StatusCode::BAD_REQUEST),
         (
@@ -196,8 +297,8 @@ fn bare_refusal(bytes: &[u8]) -> Option<(usize, BareRefusal<'_>)> {
     // An HTTP date (IMF-fixdate) is always this long.
     const DATE_LENGTH: usize = "Sun, 06 Nov 1994 08:49:37 GMT".len();
     let head = bytes.strip_suffix(b"\r\n\r\n")?;
-    let (before, date) = head.split_at(head.len().checked_sub(DATE_LENGTH)?);
-    let before = before.strip_suffix(b"\r\ncontent-length: 0\r\ndate: ")?;
+    let date_start = head.len().checked_sub(DATE_LENGTH)?;
+    let before = head[..date_start].strip_suffix(b"\r\ncontent-length: 0\r\ndate: ")?;
     let before = before
         .strip_suffix(b"\r\nconnection: close")
         .unwrap_or(before);
@@ -206,15 +307,13 @@ fn bare_refusal(bytes: &[u8]) -> Option<(usize, BareRefusal<'_>)> {
             .strip_suffix(line)?
             .len()
             .checked_sub(VERSION_LENGTH)?;
-        let version = &before[start..start + VERSION_LENGTH];
-        matches!(version, b"HTTP/1.1" | b"HTTP/1.0").then_some((
-            start,
-            BareRefusal {
-                version,
-                status,
-                date,
-            },
-        ))
+        let version = start..start + VERSION_LENGTH;
+        matches!(&bytes[version.clone()], b"HTTP/1.1" | b"HTTP/1.0").then_some(BareRefusal {
+            at: start..bytes.len(),
+            version,
+            date: date_start..head.len(),
+            status,
+        })
     })
 }
 
@@ -256,19 +355,19 @@ mod tests {
     #[test]
     fn hypers_refusals_are_recognised_at_the_end_of_a_write() {
         let alone = bare("HTTP/1.1 431 Request Header Fields Too Large");
-        let (start, refusal) = bare_refusal(alone.as_bytes()).unwrap();
-        assert_eq!(start, 0);
+        let refusal = bare_refusal(alone.as_bytes()).unwrap();
+        assert_eq!(refusal.at, 0..alone.len());
         assert_eq!(refusal.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        assert_eq!(refusal.date, DATE.as_bytes());
+        assert_eq!(&alone[refusal.date], DATE);
         let old_client =
             format!("HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
-        let (_, refusal) = bare_refusal(old_client.as_bytes()).unwrap();
-        assert_eq!(refusal.version, b"HTTP/1.0");
+        let refusal = bare_refusal(old_client.as_bytes()).unwrap();
+        assert_eq!(&old_client[refusal.version], "HTTP/1.0");
 
         let answer_before = "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}";
         let after = format!("{answer_before}{}", bare("HTTP/1.1 400 Bad Request"));
-        let (start, refusal) = bare_refusal(after.as_bytes()).unwrap();
-        assert_eq!(start, answer_before.len());
+        let refusal = bare_refusal(after.as_bytes()).unwrap();
+        assert_eq!(refusal.at, answer_before.len()..after.len());
         assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
     }
 
@@ -291,7 +390,7 @@ mod tests {
         }
     }
 
-    /// What the wrapper passes on, whole.
+    /// What the wrapper passes on, whole; a client that has sent everything.
     #[derive(Default)]
     struct Sink(Vec<u8>);
 
@@ -314,27 +413,90 @@ mod tests {
         }
     }
 
+    impl Read for Sink {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: ReadBufCursor<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const ANSWER: &str = "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n";
+
+    /// `bufs` written through a wrapper as hyper writes an answer, then flushed.
+    fn through(bufs: &[&str]) -> (MalformedAnswers<Sink>, oneshot::Receiver<Handback<Sink>>) {
+        let (handback, handed_back) = oneshot::channel();
+        let mut answers = MalformedAnswers::new(Sink::default(), handback);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let slices: Vec<_> = bufs
+            .iter()
+            .map(|b| io::IoSlice::new(b.as_bytes()))
+            .collect();
+        let written = Pin::new(&mut answers).poll_write_vectored(&mut cx, &slices);
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        assert!(matches!(written, Poll::Ready(Ok(n)) if n == total));
+        assert!(Pin::new(&mut answers).poll_flush(&mut cx).is_ready());
+        (answers, handed_back)
+    }
+
     #[test]
     fn a_refusal_queued_ahead_of_an_earlier_body_goes_out_after_it() {
-        let mut answers = MalformedAnswers::new(Sink::default(), |error: GateError| {
-            error.into_response("id-2")
-        });
-        let mut cx = Context::from_waker(std::task::Waker::noop());
         let refusal = bare("HTTP/1.1 400 Bad Request");
-        let head = "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n";
-        let heads = format!("{head}{refusal}");
-        let bufs = [io::IoSlice::new(heads.as_bytes()), io::IoSlice::new(b"{}")];
-        let written = Pin::new(&mut answers).poll_write_vectored(&mut cx, &bufs);
-        assert!(matches!(written, Poll::Ready(Ok(n)) if n == head.len() + refusal.len() + 2));
-        assert!(Pin::new(&mut answers).poll_flush(&mut cx).is_ready());
-        let sent = String::from_utf8(answers.io.0).unwrap();
-        let (first, second) = sent.split_at(head.len() + 2);
-        assert_eq!(first, format!("{head}{{}}"));
+        let (answers, handed_back) = through(&[&format!("{ANSWER}{refusal}"), "{}"]);
+        assert!(answers.io.as_ref().unwrap().0.is_empty(), "held back");
+        drop(answers);
+        let Handback { mut io, held } = handed_back.blocking_recv().unwrap();
+        let answer = held.error().into_response("id-2");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(finish(&mut io, held, Some(answer))).unwrap();
+        let sent = String::from_utf8(io.0).unwrap();
+        let (first, second) = sent.split_at(ANSWER.len() + 2);
+        assert_eq!(first, format!("{ANSWER}{{}}"));
         assert!(
             second.starts_with("HTTP/1.1 400 Bad Request\r\n"),
             "{second}"
         );
         assert!(second.contains("SWR.GATE.4000010"), "{second}");
+    }
+
+    /// An answer from SWR may end with a refusal's very bytes: once hyper goes on, by
+    /// reading, writing, or ending without a parse error, they go out as they were.
+    #[test]
+    fn an_answer_that_ends_like_a_refusal_goes_out_unchanged() {
+        let body = format!("text{}", bare("HTTP/1.1 400 Bad Request"));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut place = [std::mem::MaybeUninit::new(0); 8];
+
+        let (mut answers, _) = through(&[ANSWER, &body]);
+        let mut read = hyper::rt::ReadBuf::uninit(&mut place);
+        assert!(Pin::new(&mut answers)
+            .poll_read(&mut cx, read.unfilled())
+            .is_ready());
+        assert_eq!(
+            answers.io.as_ref().unwrap().0,
+            format!("{ANSWER}{body}").as_bytes()
+        );
+
+        let (mut answers, _) = through(&[&body]);
+        let written = Pin::new(&mut answers).poll_write(&mut cx, b"more");
+        assert!(matches!(written, Poll::Ready(Ok(4))));
+        assert_eq!(
+            answers.io.as_ref().unwrap().0,
+            format!("{body}more").as_bytes()
+        );
+
+        let (answers, handed_back) = through(&[ANSWER, &body]);
+        drop(answers);
+        let Handback { mut io, held } = handed_back.blocking_recv().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(finish(&mut io, held, None)).unwrap();
+        assert_eq!(io.0, format!("{ANSWER}{body}").as_bytes());
     }
 
     #[test]

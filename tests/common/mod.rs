@@ -52,6 +52,8 @@ pub enum Behaviour {
     },
     /// Answer requests for paths that are no image with this many bytes.
     Large(usize),
+    /// Answer requests for paths that are no image with these bytes.
+    Verbatim(&'static str),
 }
 
 /// How the stand-in SWR decides whether a token is good, and what it refused.
@@ -366,8 +368,12 @@ async fn swr_answer(
             .insert("x-swr-seen", "1".parse().unwrap());
         return response;
     }
-    if let Behaviour::Large(size) = *behaviour.lock().unwrap() {
-        return Response::new(Full::new(Bytes::from(vec![b' '; size])));
+    match *behaviour.lock().unwrap() {
+        Behaviour::Large(size) => return Response::new(Full::new(Bytes::from(vec![b' '; size]))),
+        Behaviour::Verbatim(body) => {
+            return Response::new(Full::new(Bytes::from_static(body.as_bytes())))
+        }
+        _ => {}
     }
     let mut response = Response::new(Full::new(Bytes::from_static(b"{\"other\":true}")));
     response
