@@ -155,6 +155,21 @@ impl Upstream {
         let answer = async {
             let response = client.request(request).await.map_err(refusal)?;
             head.store(response.status().as_u16(), Ordering::Relaxed);
+            // hyper hands on a 101 as the answer. No request sent here asks to switch
+            // protocols (`Upgrade` is dropped), and passed on, it would end the
+            // client's connection as if it had.
+            if response.status().is_informational() {
+                crate::throttled!(
+                    warn!(status = %response.status(), "SWR answered with an interim status as its final answer")
+                );
+                return Err(GateError::new(
+                    ErrorKind::UpstreamUnreachable,
+                    format!(
+                        "SWR answered {}, which is no answer to this request",
+                        response.status()
+                    ),
+                ));
+            }
             let (parts, body) = response.into_parts();
             let body = relay_body(body, self.timeout).await?;
             Ok(Response::from_parts(parts, body))

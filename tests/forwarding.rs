@@ -229,6 +229,31 @@ fn upstream_down_slow_and_resetting_give_contract_errors() {
         (502, "SWR.GATE.5020001")
     );
     assert!(answer.header("x-request-id").is_some());
+
+    // An interim status for an answer: no request the gateway sends asks to switch.
+    let interim = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", interim.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in interim.incoming() {
+            let mut stream = stream.unwrap();
+            let _ = stream.read(&mut [0; 8192]);
+            let _ = stream.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            );
+        }
+    });
+    let gate = Gateway::start(&url);
+    let answer = gate.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (502, "SWR.GATE.5020001")
+    );
+    let records = gate.audit_records();
+    assert_eq!(
+        records.last().unwrap()["upstream_status"],
+        101,
+        "{records:?}"
+    );
 }
 
 #[test]
