@@ -253,7 +253,7 @@ fn unknown_certificates_and_missing_credentials_are_refused() {
 
 /// Names are compared as names, not as text: an attribute whose value spells out
 /// another subject, a trailing space, or the right string in the wrong kind of SAN
-/// is somebody else.
+/// is somebody else; one that names two clients is nobody.
 #[test]
 fn look_alike_certificate_names_match_no_client() {
     use rcgen::DnType::{CommonName, OrganizationName};
@@ -285,6 +285,12 @@ fn look_alike_certificate_names_match_no_client() {
             "dns-san",
             vec![(CommonName, "mallory")],
             vec!["dns:spiffe://acme/ci"],
+        ),
+        // Names of two clients at once: no order of precedence picks one.
+        (
+            "two-clients",
+            vec![(CommonName, "ops-admin")],
+            vec!["spiffe://acme/ci"],
         ),
     ] {
         let (cert, key) = setup.clients.issue_named(stem, &subject, &sans);

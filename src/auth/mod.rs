@@ -271,17 +271,32 @@ impl Clients {
             .ok_or_else(|| GateError::new(ErrorKind::UnknownCredential, "unknown API key"))
     }
 
+    /// The one client the certificate's subject and names point to. A certificate whose
+    /// names point to two clients is refused, not settled by an order of precedence.
     fn by_certificate(&self, certificate: &PeerCertificate) -> Result<Identity, GateError> {
-        let client = certificate
+        let mut matches = certificate
             .subject
             .as_ref()
             .and_then(|subject| self.tls_subjects.get(subject))
-            .or_else(|| {
+            .into_iter()
+            .chain(
                 certificate
                     .sans
                     .iter()
-                    .find_map(|san| self.tls_sans.get(san))
-            });
+                    .filter_map(|san| self.tls_sans.get(san)),
+            );
+        let client = matches.next();
+        if let Some(one) = client {
+            if let Some(other) = matches.find(|other| other.id != one.id) {
+                return Err(GateError::new(
+                    ErrorKind::AmbiguousCredentials,
+                    format!(
+                        "the client certificate's names match more than one client ({:?} and {:?}); it must name one",
+                        one.id, other.id
+                    ),
+                ));
+            }
+        }
         client
             .map(|client| identity(client, AuthMethod::Mtls))
             .ok_or_else(|| {
