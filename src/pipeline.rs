@@ -186,6 +186,12 @@ async fn process(
     let mut body = RequestBody::Streaming(body);
     refuse_method_override(&parts.headers)?;
     refuse_ambiguous_message(&parts)?;
+    if exchange.address_from == AddressFrom::Unreadable {
+        return Err(GateError::new(
+            ErrorKind::AmbiguousMessage,
+            "X-Forwarded-For from a trusted proxy does not name the client's address",
+        ));
+    }
 
     let resolved = snapshot
         .routes
@@ -569,6 +575,11 @@ async fn forward(
 /// appended to `X-Forwarded-For` and the gateway's token.
 fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Token) -> HeaderMap {
     let mut headers = upstream::request_headers_for_upstream(client_headers);
+    // What the client asked for by name and scheme, as only a trusted proxy can say.
+    if exchange.address_from != AddressFrom::TrustedProxy {
+        headers.remove("x-forwarded-host");
+        headers.remove("x-forwarded-proto");
+    }
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }
@@ -597,6 +608,7 @@ struct Exchange {
     peer: SocketAddr,
     request_id: String,
     client_ip: IpAddr,
+    address_from: AddressFrom,
     method: String,
     path: String,
     operation: Option<String>,
@@ -632,12 +644,14 @@ impl Exchange {
         request: &Request<Incoming>,
         request_id: String,
     ) -> Exchange {
+        let (client_ip, address_from) = client_ip(
+            peer.ip(),
+            request.headers(),
+            &snapshot.config.server.trusted_proxies,
+        );
         Exchange {
-            client_ip: client_ip(
-                peer.ip(),
-                request.headers(),
-                &snapshot.config.server.trusted_proxies,
-            ),
+            client_ip,
+            address_from,
             method: request.method().to_string(),
             path: request
                 .uri()
@@ -657,6 +671,7 @@ impl Exchange {
             peer,
             request_id,
             client_ip: peer.ip().to_canonical(),
+            address_from: AddressFrom::Peer,
             method: String::new(),
             path: String::new(),
             operation: None,
@@ -841,33 +856,58 @@ pub fn request_id(headers: &HeaderMap) -> String {
 /// that is not itself a trusted proxy. An untrusted client's header is never believed.
 /// IPv4 clients of a dual-stack listener (`::ffff:10.0.0.7`) are IPv4 addresses here, as
 /// policies, `trusted_proxies` and per-address limits write them.
-fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAddr, AddressFrom) {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
-        return peer;
+        return (peer, AddressFrom::Peer);
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(value) = value.to_str() else {
-            return peer;
-        };
-        for entry in value.split(',') {
-            match entry.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip.to_canonical()),
-                Err(_) => return peer,
+    // Nearest entry first: what lies beyond the first that no trusted proxy wrote is the
+    // client's own writing, and is not even read.
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        for entry in value.as_bytes().rsplit(|&b| b == b',') {
+            let Some(ip) = std::str::from_utf8(entry).ok().and_then(forwarded_address) else {
+                return (peer, AddressFrom::Unreadable);
+            };
+            let ip = ip.to_canonical();
+            if !is_trusted(&ip) {
+                return (ip, AddressFrom::TrustedProxy);
             }
         }
     }
-    hops.into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+    (peer, AddressFrom::TrustedProxy)
+}
+
+/// Where the client's address was learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddressFrom {
+    /// The TCP peer: the client itself, or a proxy that is not trusted.
+    Peer,
+    /// A trusted proxy's `X-Forwarded-For`, or the trusted proxy itself.
+    TrustedProxy,
+    /// A trusted proxy's `X-Forwarded-For` whose entry for the client names no address:
+    /// the request is refused, not put on the proxy's account.
+    Unreadable,
+}
+
+/// An `X-Forwarded-For` entry's address, with or without the port some load balancers
+/// add: `192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`, `[2001:db8::1]:443`.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|address| address.ip()))
+        .ok()
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
 
     #[test]
     fn host_and_authority_agree_up_to_case_and_default_ports() {
@@ -901,11 +941,41 @@ mod tests {
         let outsider: IpAddr = "3.3.3.3".parse().unwrap();
         assert_eq!(
             client_ip(proxy, &headers, &trusted),
-            "2.2.2.2".parse::<IpAddr>().unwrap()
+            (ip("2.2.2.2"), AddressFrom::TrustedProxy)
         );
-        assert_eq!(client_ip(outsider, &headers, &trusted), outsider);
+        assert_eq!(
+            client_ip(outsider, &headers, &trusted),
+            (outsider, AddressFrom::Peer)
+        );
         headers.insert("x-forwarded-for", "junk".parse().unwrap());
-        assert_eq!(client_ip(proxy, &headers, &trusted), proxy);
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            (proxy, AddressFrom::Unreadable)
+        );
+        // Only the entries trusted proxies wrote are read; ports are passed over.
+        for (forwarded, client) in [
+            ("junk, 2.2.2.2", "2.2.2.2"),
+            ("1.1.1.1, 2.2.2.2:5555, 10.0.0.7:443", "2.2.2.2"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+        ] {
+            headers.insert("x-forwarded-for", forwarded.parse().unwrap());
+            assert_eq!(
+                client_ip(proxy, &headers, &trusted),
+                (ip(client), AddressFrom::TrustedProxy),
+                "{forwarded}"
+            );
+        }
+        headers.insert("x-forwarded-for", "1.1.1.1, junk".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            (proxy, AddressFrom::Unreadable)
+        );
+        headers.insert("x-forwarded-for", "10.0.0.3".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            (proxy, AddressFrom::TrustedProxy)
+        );
     }
 
     #[test]
@@ -914,13 +984,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", "::ffff:1.1.1.1".parse().unwrap());
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(
-            client_ip(mapped, &headers, &trusted),
-            "1.1.1.1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(mapped, &headers, &trusted).0, ip("1.1.1.1"));
         assert_eq!(
             client_ip(mapped, &HeaderMap::new(), &[]),
-            "127.0.0.1".parse::<IpAddr>().unwrap()
+            (ip("127.0.0.1"), AddressFrom::Peer)
         );
     }
 

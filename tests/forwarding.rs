@@ -116,6 +116,60 @@ fn the_client_request_id_is_kept_and_swr_errors_pass_through() {
     assert_eq!(swr.received()[0].headers["x-request-id"], "trace-42");
 }
 
+/// Behind a trusted proxy the client is the nearest X-Forwarded-For entry the proxy
+/// wrote, with or without a port; what the client wrote beyond it is not read, and an
+/// entry of the proxy's that names no address is refused rather than put on the
+/// proxy's account (which every client behind it would share).
+#[test]
+fn a_trusted_proxys_forwarded_for_names_the_client() {
+    let swr = StandInSwr::start();
+    let gate = Gateway::start_with(&swr.url(), "", |config| {
+        *config = config.replace(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        );
+    });
+    let send = |forwarded_for: &str| {
+        gate.send(
+            "POST",
+            CREATE,
+            &[
+                ("x-api-key", API_KEY),
+                ("content-type", "application/json"),
+                ("x-forwarded-for", forwarded_for),
+                ("x-forwarded-proto", "https"),
+            ],
+            grants(1).as_bytes(),
+        )
+    };
+    for (forwarded_for, client) in [
+        ("198.51.100.7", "198.51.100.7"),
+        ("junk, 198.51.100.7:52311", "198.51.100.7"),
+        ("[2001:db8::7]:443, 127.0.0.1", "2001:db8::7"),
+    ] {
+        let answer = send(forwarded_for);
+        assert_eq!(answer.status, 201, "{forwarded_for}");
+        let records = gate.audit_records();
+        assert_eq!(
+            records.last().unwrap()["client_ip"],
+            client,
+            "{forwarded_for}"
+        );
+    }
+    let received = swr.received();
+    assert_eq!(
+        received.last().unwrap().headers["x-forwarded-proto"],
+        "https"
+    );
+    let forwarded = received.len();
+    let answer = send("198.51.100.7, unknown");
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (400, "SWR.GATE.4000009")
+    );
+    assert_eq!(swr.received().len(), forwarded);
+}
+
 #[test]
 fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
     let swr = StandInSwr::start();
@@ -148,6 +202,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
                 "/v2/manage/namespaces/team-b/repos/tool/access",
             ),
             ("x-forwarded-prefix", "/v2/manage/namespaces/team-b"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "gopher"),
         ],
         grants(1).as_bytes(),
     );
@@ -166,6 +222,8 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
         "x-rewrite-url",
         "x-original-uri",
         "x-forwarded-prefix",
+        "x-forwarded-host",
+        "x-forwarded-proto",
     ] {
         assert!(headers.get(name).is_none(), "{name} reached SWR");
     }
