@@ -204,10 +204,13 @@ impl TokenSource {
         // The reason (IAM's address, its error) is for operators: it goes to /readyz and
         // the log, not to clients.
         crate::throttled!(warn!(reason = %self.why_not(), "no IAM token to inject"));
-        let mut error = GateError::new(
-            ErrorKind::NoToken,
-            format!("{}; retry shortly", self.headline()),
-        );
+        // A variable is read at start only: nothing changes until the gateway restarts.
+        let advice = match self.origin {
+            Origin::Local(Local::Env(_)) => "it takes a restart to get one",
+            _ => "retry shortly",
+        };
+        let mut error =
+            GateError::new(ErrorKind::NoToken, format!("{}; {advice}", self.headline()));
         let state = self.status.borrow();
         if let Some(retry_at) = state.retry_at {
             let wait = retry_at.saturating_duration_since(Instant::now());

@@ -818,8 +818,13 @@ impl Read {
                 let named = policy.annotation("id").filter(|id| !id.trim().is_empty());
                 let checked_as = match named {
                     Some(id) if !about.contains_key(id) => id.to_owned(),
-                    // A NUL no real @id would hold keeps it from taking a real one's place.
-                    _ => format!("\u{0}{}@{offset}", source.name),
+                    // Validation messages name the policy by this id, so it says where
+                    // the policy is; a real @id spelled the same is past believing.
+                    _ => format!(
+                        "{}:{} (without a usable @id)",
+                        source.name,
+                        source.line_of(offset)
+                    ),
                 };
                 if checked
                     .add(policy.new_id(PolicyId::new(&checked_as)))
