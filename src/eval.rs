@@ -480,11 +480,13 @@ pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, boo
         );
         for case in &file.case {
             // A case that cannot be run (a time that is none, a client with no groups, an
-            // operation no route has) is a mistake in the file, not a policy failing it.
-            let outcome = trial_of(&config, file.now.as_deref(), case)
+            // operation no route has, a request refused before the policy is asked) is a
+            // mistake in the file, not a policy failing it.
+            let decision = trial_of(&config, file.now.as_deref(), case)
                 .and_then(|trial| run(&config, &rules, &trial))
+                .and_then(decided)
                 .map_err(|why| format!("{}: case {:?}: {why}", path.display(), case.name))?;
-            match judge(&outcome, case) {
+            match judge(&decision, case) {
                 Ok(()) => {
                     passed += 1;
                     let _ = writeln!(report, "pass  {name}: {}", case.name);
@@ -500,16 +502,21 @@ pub fn policy_test(config_path: &Path, files: &[PathBuf]) -> Result<(String, boo
     Ok((report, failed == 0 && passed > 0))
 }
 
-/// Whether a case's outcome is what it expects.
-fn judge(outcome: &Outcome, case: &Case) -> Result<(), String> {
-    let Some(decision) = &outcome.decision else {
+/// The policy's decision on a case's request; a request refused before the policy (its
+/// path, its body or the schema) tests no policy.
+fn decided(outcome: Outcome) -> Result<Decision, String> {
+    outcome.decision.ok_or_else(|| {
         let refusal = outcome
             .refusal
             .as_ref()
             .map(answer_line)
             .unwrap_or_default();
-        return Err(format!("refused before the policy: {refusal}"));
-    };
+        format!("refused before the policy: {refusal}")
+    })
+}
+
+/// Whether the policy's decision on a case is what the case expects.
+fn judge(decision: &Decision, case: &Case) -> Result<(), String> {
     let got = if decision.allowed {
         Expect::Allow
     } else {

@@ -442,6 +442,14 @@ fn the_shipped_policy_cases_pass_and_a_wrong_expectation_fails() {
     let (code, output) = policy_command(&["policy", "test", wrong.to_str().unwrap()], &config);
     assert_eq!(code, 2, "{output}");
     assert!(output.contains("delete_everything"), "{output}");
+    // A body the schema refuses never asks the policy anything.
+    std::fs::write(&wrong, case.replace("auth = 1", "auth = 2")).unwrap();
+    let (code, output) = policy_command(&["policy", "test", wrong.to_str().unwrap()], &config);
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("refused before the policy: 400 SWR.GATE.4000002"),
+        "{output}"
+    );
 }
 
 #[test]
