@@ -252,11 +252,21 @@ mod defaults {
     }
 }
 
+/// The longest duration a setting takes. No timeout or window needs more, and one of
+/// billions of years overflows the clock when a timer is set.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     // The value is not repeated: errors name no value from the file.
-    humantime::parse_duration(&text)
-        .map_err(|_| serde::de::Error::custom("not a duration like 250ms, 10s or 1h"))
+    let duration = humantime::parse_duration(&text)
+        .map_err(|_| serde::de::Error::custom("not a duration like 250ms, 10s or 1h"))?;
+    if duration > MAX_DURATION {
+        return Err(serde::de::Error::custom(
+            "a duration longer than a year (1y); no setting takes one",
+        ));
+    }
+    Ok(duration)
 }
 
 fn uri<'de, D: Deserializer<'de>>(deserializer: D) -> Result<http::Uri, D::Error> {
@@ -831,5 +841,10 @@ project = "cn-north-4""#;
         let text = MINIMAL.replace("[upstream]", "[upstream]\ntimeout = \"soon\"");
         let problems = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
         assert!(problems[0].contains("not a duration"), "{problems:?}");
+        let text = MINIMAL.replace("[upstream]", "[upstream]\ntimeout = \"500000000000y\"");
+        let problems = Config::parse(&text, Path::new("gate.toml")).unwrap_err();
+        assert!(problems[0].contains("longer than a year"), "{problems:?}");
+        let text = MINIMAL.replace("[upstream]", "[upstream]\ntimeout = \"1y\"");
+        assert!(Config::parse(&text, Path::new("gate.toml")).is_ok());
     }
 }

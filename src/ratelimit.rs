@@ -534,7 +534,7 @@ mod tests {
                     "id = \"b\"\nkey = \"client\"\nrate = 1\nper = \"1m\"\noperations = [\"nope\"]",
                 ),
                 spec("id = \"c\"\nkey = \"client\"\nrate = 1\nper = \"30days\"\nburst = 8000"),
-                spec("id = \"d\"\nkey = \"client\"\nrate = 1\nper = \"600years\""),
+                spec("id = \"d\"\nkey = \"client\"\nrate = 1\nper = \"1y\"\nburst = 200"),
                 spec("id = \"e\"\nkey = \"client\"\nrate = 1\nper = \"1m\"\nbackend = \"redis\"\nredis_url = \"ftp://127.0.0.1:1\""),
             ],
             &["create_user_repository_auth"],
