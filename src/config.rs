@@ -252,6 +252,9 @@ mod defaults {
     }
 }
 
+/// The largest `max_body_bytes`.
+const MAX_BODY_BYTES: usize = 16 << 20;
+
 /// The longest duration a setting takes. No timeout or window needs more, and one of
 /// billions of years overflows the clock when a timer is set.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -549,8 +552,12 @@ impl Config {
         if !matches!(scheme, Some("http") | Some("https")) || self.upstream.url.host().is_none() {
             problems.push("[upstream] url must be an http:// or https:// URL with a host".into());
         }
-        if self.server.max_body_bytes == 0 {
-            problems.push("[server] max_body_bytes must be at least 1".into());
+        // Every request in flight may hold this much, an AK/SK one before its signature is
+        // checked; the guarded bodies are a few KiB.
+        if !(1..=MAX_BODY_BYTES).contains(&self.server.max_body_bytes) {
+            problems.push(format!(
+                "[server] max_body_bytes must be at least 1 and at most {MAX_BODY_BYTES} (16 MiB)"
+            ));
         }
         // A zero limit would cut off every client that sends in two writes.
         for (setting, limit) in [
@@ -698,7 +705,10 @@ mod tests {
             Some(8),
             "not written: the entry"
         );
-        assert_eq!(line("[server] max_body_bytes must be at least 1"), Some(1));
+        assert_eq!(
+            line("[server] max_body_bytes must be at least 1 and at most 16777216 (16 MiB)"),
+            Some(1)
+        );
         assert_eq!(line("[audit] path /x: …"), Some(16));
         assert_eq!(line("[iam] method needs …"), None, "no such table");
         assert_eq!(line("no [[clients]] are configured"), None);
