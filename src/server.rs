@@ -503,6 +503,8 @@ where
     let (handback, mut handed_back) = oneshot::channel();
     let io = MalformedAnswers::new(io, handback);
     let refusing = gate.clone();
+    // The connection keeps its place, and a stop waits for it, until a held write is out.
+    let _until_finished = hold.clone();
     let peer = Arc::new(peer);
     let activity = Arc::new(Activity::new());
     // A request runs on a task of its own, which the client hanging up does not cancel,
@@ -551,8 +553,9 @@ where
         })
     };
     let idle_limit = limits.header_timeout;
-    // The connection, and with it the socket, is dropped when this block ends.
-    let result = async {
+    // The connection, and with it the socket, is dropped when this block ends: with
+    // hyper's result, or cut off (`None`), its client having stopped taking answers.
+    let ended = async {
         let mut connection = pin!(builder.serve_connection(io, service));
         let mut stopping = pin!(stopped(stop));
         let mut deadline = Instant::now() + idle_limit;
@@ -560,7 +563,7 @@ where
         loop {
             let stall = activity.stalled_at(limits.answer_timeout);
             tokio::select! {
-                result = connection.as_mut() => return result,
+                result = connection.as_mut() => return Some(result),
                 _ = stopping.as_mut(), if !closing => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
@@ -571,10 +574,10 @@ where
                     if activity.stalled_at(limits.answer_timeout).is_some_and(|at| at <= now) {
                         tracing::debug!(peer = %client, "the client took no part of its answers in time; disconnected");
                         give_up.now();
-                        return Ok(());
+                        return None;
                     }
                     match activity.idle_until(idle_limit) {
-                        Some(until) if until <= now && closing => return Ok(()),
+                        Some(until) if until <= now && closing => return None,
                         Some(until) if until <= now => {
                             connection.as_mut().graceful_shutdown();
                             closing = true;
@@ -588,6 +591,9 @@ where
         }
     }
     .await;
+    let Some(result) = ended else {
+        return Ok(());
+    };
     if let Ok(Handback { io, held }) = handed_back.try_recv() {
         let answer = malformed::ended_on_refusal(&result)
             .then(|| pipeline::refuse_unreadable(&refusing, client, held.error()));

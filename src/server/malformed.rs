@@ -65,14 +65,10 @@ impl<I: Write + Unpin> MalformedAnswers<I> {
 
     /// Write out what is pending; ready once none is left.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.pending.is_empty() {
-            let written = ready!(present(&mut self.io)?.poll_write(cx, &self.pending))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            let _ = self.pending.split_to(written);
+        if self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
         }
-        Poll::Ready(Ok(()))
+        poll_write_all(present(&mut self.io)?, cx, &mut self.pending)
     }
 
     /// hyper went on after a held write (it wrote or read again), which it never does
@@ -84,26 +80,23 @@ impl<I: Write + Unpin> MalformedAnswers<I> {
         }
     }
 
-    /// When one of `bufs` (all hyper asked to write) ends like a bare refusal, hold the
-    /// whole write back and say it is written.
+    /// When the first of `bufs` (all hyper asked to write) ends like a bare refusal, hold
+    /// the whole write back and say it is written.
     ///
-    /// The refusal is the last thing hyper sends, but not always the last buffer: under
-    /// vectored writes hyper keeps heads in a buffer that goes out before the queued
-    /// bodies, and a refusal written while an earlier answer's body is still queued
-    /// (pipelined requests, a client slow to read) would go out ahead of that body.
+    /// hyper writes every head, a refusal too, into one buffer that goes out ahead of the
+    /// bodies it has queued (unvectored, everything is in that one buffer): a refusal
+    /// ends the first buffer, though an earlier answer's body may still be queued behind
+    /// it (pipelined requests, a client slow to read).
     fn hold<B: Deref<Target = [u8]>>(&mut self, bufs: &[B]) -> Option<usize> {
         let first = bufs.iter().position(|b| !b.is_empty())?;
-        let last = bufs.iter().rposition(|b| !b.is_empty())?;
         if !*self
             .http1
             .get_or_insert_with(|| bufs[first].starts_with(b"HTTP/1."))
         {
             return None;
         }
-        let (at, refusal) = [last, first]
-            .into_iter()
-            .find_map(|i| bare_refusal(&bufs[i]).map(|found| (i, found)))?;
-        let offset: usize = bufs[..at].iter().map(|b| b.len()).sum();
+        let refusal = bare_refusal(&bufs[first])?;
+        let offset: usize = bufs[..first].iter().map(|b| b.len()).sum();
         let shift = |range: Range<usize>| range.start + offset..range.end + offset;
         let mut bytes = BytesMut::with_capacity(bufs.iter().map(|b| b.len()).sum());
         for buf in bufs {
@@ -121,7 +114,8 @@ impl<I: Write + Unpin> MalformedAnswers<I> {
     }
 }
 
-/// The connection, which only a dropped wrapper has handed on.
+/// The connection. It is an `Option` only so that `Drop` can move it out; while the
+/// wrapper is in use it is always there.
 fn present<I: Unpin>(io: &mut Option<I>) -> io::Result<Pin<&mut I>> {
     io.as_mut()
         .map(Pin::new)
@@ -199,14 +193,15 @@ impl<I: Write + Unpin> Write for MalformedAnswers<I> {
     }
 }
 
-/// Whether hyper ended a connection on a message it could not read: after a refusal it
-/// does, and only then.
+/// Whether hyper ended a connection on a message it answered with a refusal: a parse
+/// error, but for an HTTP/2 preface on an HTTP/1.1 connection, which it answers with
+/// nothing.
 pub fn ended_on_refusal(result: &Result<(), Box<dyn std::error::Error + Send + Sync>>) -> bool {
     result
         .as_ref()
         .err()
         .and_then(|error| error.downcast_ref::<hyper::Error>())
-        .is_some_and(hyper::Error::is_parse)
+        .is_some_and(|error| error.is_parse() && !error.is_parse_version_h2())
 }
 
 impl Held {
@@ -254,20 +249,29 @@ pub async fn finish<I: Write + Unpin>(
     held: Held,
     answer: Option<Response<Bytes>>,
 ) -> io::Result<()> {
-    let bytes = match answer {
-        Some(answer) => held.replaced(&answer),
-        None => held.bytes.to_vec(),
+    let mut bytes = match answer {
+        Some(answer) => Bytes::from(held.replaced(&answer)),
+        None => held.bytes,
     };
-    let mut rest = &bytes[..];
-    while !rest.is_empty() {
-        let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, rest)).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        rest = &rest[written..];
-    }
+    std::future::poll_fn(|cx| poll_write_all(Pin::new(&mut io), cx, &mut bytes)).await?;
     std::future::poll_fn(|cx| Pin::new(&mut io).poll_flush(cx)).await?;
     std::future::poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await
+}
+
+/// Write all of `bytes`, taking off the front what is written.
+fn poll_write_all<I: Write>(
+    mut io: Pin<&mut I>,
+    cx: &mut Context<'_>,
+    bytes: &mut Bytes,
+) -> Poll<io::Result<()>> {
+    while !bytes.is_empty() {
+        let written = ready!(io.as_mut().poll_write(cx, bytes))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        let _ = bytes.split_to(written);
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// hyper's answer to a message it could not read, as it writes it (hyper 1.x, `on_error`
@@ -425,35 +429,44 @@ mod tests {
 
     const ANSWER: &str = "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n";
 
-    /// `bufs` written through a wrapper as hyper writes an answer, then flushed.
-    fn through(bufs: &[&str]) -> (MalformedAnswers<Sink>, oneshot::Receiver<Handback<Sink>>) {
+    /// `writes` (each the buffers of one vectored write) through a wrapper as hyper
+    /// makes them, each flushed.
+    fn through(writes: &[&[&str]]) -> (MalformedAnswers<Sink>, oneshot::Receiver<Handback<Sink>>) {
         let (handback, handed_back) = oneshot::channel();
         let mut answers = MalformedAnswers::new(Sink::default(), handback);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let slices: Vec<_> = bufs
-            .iter()
-            .map(|b| io::IoSlice::new(b.as_bytes()))
-            .collect();
-        let written = Pin::new(&mut answers).poll_write_vectored(&mut cx, &slices);
-        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
-        assert!(matches!(written, Poll::Ready(Ok(n)) if n == total));
-        assert!(Pin::new(&mut answers).poll_flush(&mut cx).is_ready());
+        for bufs in writes {
+            let slices: Vec<_> = bufs
+                .iter()
+                .map(|b| io::IoSlice::new(b.as_bytes()))
+                .collect();
+            let written = Pin::new(&mut answers).poll_write_vectored(&mut cx, &slices);
+            let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+            assert!(matches!(written, Poll::Ready(Ok(n)) if n == total));
+            assert!(Pin::new(&mut answers).poll_flush(&mut cx).is_ready());
+        }
         (answers, handed_back)
+    }
+
+    /// What the client gets once the server has finished a write handed back: with the
+    /// contract's answer in place of the refusal when hyper `refused`.
+    fn finished(handed_back: oneshot::Receiver<Handback<Sink>>, refused: bool) -> String {
+        let Handback { mut io, held } = handed_back.blocking_recv().unwrap();
+        let answer = refused.then(|| held.error().into_response("id-2"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(finish(&mut io, held, answer)).unwrap();
+        String::from_utf8(io.0).unwrap()
     }
 
     #[test]
     fn a_refusal_queued_ahead_of_an_earlier_body_goes_out_after_it() {
         let refusal = bare("HTTP/1.1 400 Bad Request");
-        let (answers, handed_back) = through(&[&format!("{ANSWER}{refusal}"), "{}"]);
+        let (answers, handed_back) = through(&[&[&format!("{ANSWER}{refusal}"), "{}"]]);
         assert!(answers.io.as_ref().unwrap().0.is_empty(), "held back");
         drop(answers);
-        let Handback { mut io, held } = handed_back.blocking_recv().unwrap();
-        let answer = held.error().into_response("id-2");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(finish(&mut io, held, Some(answer))).unwrap();
-        let sent = String::from_utf8(io.0).unwrap();
+        let sent = finished(handed_back, true);
         let (first, second) = sent.split_at(ANSWER.len() + 2);
         assert_eq!(first, format!("{ANSWER}{{}}"));
         assert!(
@@ -463,15 +476,16 @@ mod tests {
         assert!(second.contains("SWR.GATE.4000010"), "{second}");
     }
 
-    /// An answer from SWR may end with a refusal's very bytes: once hyper goes on, by
-    /// reading, writing, or ending without a parse error, they go out as they were.
+    /// An answer from SWR may end with a refusal's very bytes, and a write can begin with
+    /// the rest of a body (a streamed part, or what a short write left): once hyper goes
+    /// on, by reading, writing, or ending without a parse error, they go out as they were.
     #[test]
     fn an_answer_that_ends_like_a_refusal_goes_out_unchanged() {
         let body = format!("text{}", bare("HTTP/1.1 400 Bad Request"));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut place = [std::mem::MaybeUninit::new(0); 8];
 
-        let (mut answers, _) = through(&[ANSWER, &body]);
+        let (mut answers, _) = through(&[&[ANSWER], &[&body]]);
         let mut read = hyper::rt::ReadBuf::uninit(&mut place);
         assert!(Pin::new(&mut answers)
             .poll_read(&mut cx, read.unfilled())
@@ -481,22 +495,17 @@ mod tests {
             format!("{ANSWER}{body}").as_bytes()
         );
 
-        let (mut answers, _) = through(&[&body]);
+        let (mut answers, _) = through(&[&[ANSWER], &[&body]]);
         let written = Pin::new(&mut answers).poll_write(&mut cx, b"more");
         assert!(matches!(written, Poll::Ready(Ok(4))));
         assert_eq!(
             answers.io.as_ref().unwrap().0,
-            format!("{body}more").as_bytes()
+            format!("{ANSWER}{body}more").as_bytes()
         );
 
-        let (answers, handed_back) = through(&[ANSWER, &body]);
+        let (answers, handed_back) = through(&[&[ANSWER], &[&body]]);
         drop(answers);
-        let Handback { mut io, held } = handed_back.blocking_recv().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(finish(&mut io, held, None)).unwrap();
-        assert_eq!(io.0, format!("{ANSWER}{body}").as_bytes());
+        assert_eq!(finished(handed_back, false), format!("{ANSWER}{body}"));
     }
 
     #[test]
