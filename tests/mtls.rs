@@ -300,6 +300,10 @@ fn look_alike_certificate_names_match_no_client() {
             "{stem}"
         );
     }
+    let records = setup.gate.audit_records();
+    let last = records.last().unwrap();
+    assert_eq!(last["reasons"][0]["code"], "SWR.GATE.4010007", "{last}");
+    assert!(!last.to_string().contains("ci-workload"), "{last}");
     assert_eq!(setup.swr.received().len(), 1);
 }
 

@@ -288,12 +288,15 @@ impl Clients {
         let client = matches.next();
         if let Some(one) = client {
             if let Some(other) = matches.find(|other| other.id != one.id) {
+                // Which clients is for operators; an unauthenticated caller learns no id.
+                crate::throttled!(warn!(
+                    first = %one.id,
+                    second = %other.id,
+                    "a client certificate's names match more than one client; refused"
+                ));
                 return Err(GateError::new(
                     ErrorKind::AmbiguousCredentials,
-                    format!(
-                        "the client certificate's names match more than one client ({:?} and {:?}); it must name one",
-                        one.id, other.id
-                    ),
+                    "the client certificate's names match more than one client; it must name one",
                 ));
             }
         }
