@@ -575,10 +575,17 @@ async fn forward(
 /// appended to `X-Forwarded-For` and the gateway's token.
 fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Token) -> HeaderMap {
     let mut headers = upstream::request_headers_for_upstream(client_headers);
-    // What the client asked for by name and scheme, as only a trusted proxy can say.
+    // What the client asked for by name, port and scheme, as only a trusted proxy can say.
     if exchange.address_from != AddressFrom::TrustedProxy {
-        headers.remove("x-forwarded-host");
-        headers.remove("x-forwarded-proto");
+        for name in [
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-proto",
+            "x-forwarded-scheme",
+            "x-forwarded-ssl",
+        ] {
+            headers.remove(name);
+        }
     }
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
@@ -865,7 +872,9 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAddr, A
     // Nearest entry first: what lies beyond the first that no trusted proxy wrote is the
     // client's own writing, and is not even read.
     for value in headers.get_all("x-forwarded-for").iter().rev() {
-        for entry in value.as_bytes().rsplit(|&b| b == b',') {
+        // An empty entry (an empty header, a doubled comma) names nobody.
+        let entries = value.as_bytes().rsplit(|&b| b == b',');
+        for entry in entries.filter(|entry| !entry.trim_ascii().is_empty()) {
             let Some(ip) = std::str::from_utf8(entry).ok().and_then(forwarded_address) else {
                 return (peer, AddressFrom::Unreadable);
             };
@@ -970,6 +979,11 @@ mod tests {
         assert_eq!(
             client_ip(proxy, &headers, &trusted),
             (proxy, AddressFrom::Unreadable)
+        );
+        headers.insert("x-forwarded-for", "2.2.2.2,, ".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            (ip("2.2.2.2"), AddressFrom::TrustedProxy)
         );
         headers.insert("x-forwarded-for", "10.0.0.3".parse().unwrap());
         assert_eq!(
