@@ -255,9 +255,10 @@ mod defaults {
 /// The largest `max_body_bytes`.
 const MAX_BODY_BYTES: usize = 16 << 20;
 
-/// The longest duration a setting takes. No timeout or window needs more, and one of
-/// billions of years overflows the clock when a timer is set.
-const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The longest duration a setting takes, humantime's `1y` (365.25 days). No timeout or
+/// window needs more, and one of billions of years overflows the clock when a timer is
+/// set.
+const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 
 pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;

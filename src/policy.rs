@@ -821,9 +821,10 @@ impl Read {
                     // Validation messages name the policy by this id, so it says where
                     // the policy is; a real @id spelled the same is past believing.
                     _ => format!(
-                        "{}:{} (without a usable @id)",
+                        "{}:{}:{} (without a usable @id)",
                         source.name,
-                        source.line_of(offset)
+                        source.line_of(offset),
+                        offset - source.text[..offset].rfind('\n').map_or(0, |at| at + 1) + 1
                     ),
                 };
                 if checked
