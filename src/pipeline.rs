@@ -186,6 +186,7 @@ async fn process(
     let mut body = RequestBody::Streaming(body);
     refuse_method_override(&parts.headers)?;
     refuse_ambiguous_message(&parts)?;
+    refuse_too_many_fields(&parts.headers)?;
     if exchange.address_from == AddressFrom::Unreadable {
         return Err(GateError::new(
             ErrorKind::AmbiguousMessage,
@@ -445,6 +446,20 @@ fn refuse_method_override(headers: &HeaderMap) -> Result<(), GateError> {
                 format!("the {name} header is refused: send the real method"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// HTTP/1.1's head parser stops at this many header fields; HTTP/2's header block has a
+/// size limit only, and is held to the same count here.
+const MAX_HEADER_FIELDS: usize = 100;
+
+fn refuse_too_many_fields(headers: &HeaderMap) -> Result<(), GateError> {
+    if headers.len() > MAX_HEADER_FIELDS {
+        return Err(GateError::new(
+            ErrorKind::HeadTooLarge,
+            format!("the request has more than {MAX_HEADER_FIELDS} header fields"),
+        ));
     }
     Ok(())
 }
