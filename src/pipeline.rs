@@ -285,7 +285,7 @@ async fn authenticate(
     gate: &Gate,
     snapshot: &Snapshot,
     peer: &Peer,
-    exchange: &Exchange,
+    exchange: &mut Exchange,
     parts: &http::request::Parts,
     body: &mut RequestBody,
     guarded: bool,
@@ -331,6 +331,8 @@ async fn authenticate(
     }
     let authenticated = result?;
     if let Some(signature) = &authenticated.signature {
+        // The signature is good: a replay's record names whose it is.
+        exchange.identity = Some(authenticated.identity.clone());
         gate.replay.first_use(signature).await?;
     }
     Ok(authenticated.identity)

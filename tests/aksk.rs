@@ -211,6 +211,15 @@ fn wrong_key_tampered_body_stale_date_replay_and_garbage_each_have_their_code() 
         "SWR.GATE.4010005"
     );
     assert_eq!(swr.received().len(), 1);
+    // The signature was good: the replay's record names whose it is.
+    let records = gate.audit_records();
+    let replay = records.last().unwrap();
+    assert_eq!(replay["reasons"][0]["code"], "SWR.GATE.4010005", "{replay}");
+    assert_eq!(
+        (replay["client"].as_str(), replay["auth_method"].as_str()),
+        (Some("release-sdk"), Some("aksk")),
+        "{replay}"
+    );
 
     gate.audit_records();
     let audit = std::fs::read_to_string(gate.audit_path()).unwrap();
