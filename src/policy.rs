@@ -76,6 +76,12 @@ impl Source {
             .map_or(1, |before| before.matches('\n').count() + 1)
     }
 
+    fn column_of(&self, offset: usize) -> usize {
+        self.text.get(..offset).map_or(1, |before| {
+            before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1
+        })
+    }
+
     /// `file:line: message`, with the diagnostic's help when it has one.
     fn at(&self, offset: Option<usize>, message: &str, help: Option<String>) -> String {
         let place = match offset {
@@ -824,7 +830,7 @@ impl Read {
                         "{}:{}:{} (without a usable @id)",
                         source.name,
                         source.line_of(offset),
-                        offset - source.text[..offset].rfind('\n').map_or(0, |at| at + 1) + 1
+                        source.column_of(offset)
                     ),
                 };
                 if checked
