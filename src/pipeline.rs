@@ -591,19 +591,10 @@ async fn forward(
 /// The client's headers as SWR may see them, with the request id, the client's address
 /// appended to `X-Forwarded-For` and the gateway's token.
 fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Token) -> HeaderMap {
-    let mut headers = upstream::request_headers_for_upstream(client_headers);
-    // What the client asked for by name, port and scheme, as only a trusted proxy can say.
-    if exchange.address_from != AddressFrom::TrustedProxy {
-        for name in [
-            "x-forwarded-host",
-            "x-forwarded-port",
-            "x-forwarded-proto",
-            "x-forwarded-scheme",
-            "x-forwarded-ssl",
-        ] {
-            headers.remove(name);
-        }
-    }
+    let mut headers = upstream::request_headers_for_upstream(
+        client_headers,
+        exchange.address_from == AddressFrom::TrustedProxy,
+    );
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }

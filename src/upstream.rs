@@ -301,15 +301,37 @@ fn is_client_credential(name: &HeaderName) -> bool {
 /// What SWR may see of the client's headers: all but a credential of the client's, a
 /// hop-by-hop header or framing we did not choose. SWR's API takes headers of its own
 /// (`X-Project-Id`, `X-Language`) that a list of what may pass would have to follow.
-pub fn request_headers_for_upstream(client_headers: &HeaderMap) -> HeaderMap {
+/// `from_trusted_proxy`: the peer is in `trusted_proxies`, whose account of what the client
+/// asked for by name, port and scheme (`X-Forwarded-Host`, `-Port`, `-Proto`, ...) is
+/// passed on; anyone else's is made up.
+pub fn request_headers_for_upstream(
+    client_headers: &HeaderMap,
+    from_trusted_proxy: bool,
+) -> HeaderMap {
     let connection_named = named_by_connection(client_headers);
     let mut headers = HeaderMap::with_capacity(client_headers.len());
     for (name, value) in client_headers {
-        if !is_hop_by_hop(name) && !is_client_credential(name) && !connection_named.contains(name) {
+        if !is_hop_by_hop(name)
+            && !is_client_credential(name)
+            && !connection_named.contains(name)
+            && (from_trusted_proxy || !is_proxy_account(name))
+        {
             headers.append(name.clone(), value.clone());
         }
     }
     headers
+}
+
+/// What a proxy in front says the client asked for, beyond its address.
+fn is_proxy_account(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-proto"
+            | "x-forwarded-scheme"
+            | "x-forwarded-ssl"
+    )
 }
 
 /// SWR's answers to permission calls are a few bytes: those are read whole and sent on
@@ -600,12 +622,20 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("content-type", "application/json"),
             ("x-project-id", "p1"),
+            ("x-forwarded-proto", "https"),
         ] {
             headers.append(name, value.parse().unwrap());
         }
-        let forwarded = request_headers_for_upstream(&headers);
-        let mut names: Vec<&str> = forwarded.keys().map(|n| n.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["content-type", "x-project-id"]);
+        let names = |from_trusted_proxy| {
+            let forwarded = request_headers_for_upstream(&headers, from_trusted_proxy);
+            let mut names: Vec<String> = forwarded.keys().map(|n| n.to_string()).collect();
+            names.sort_unstable();
+            names
+        };
+        assert_eq!(names(false), ["content-type", "x-project-id"]);
+        assert_eq!(
+            names(true),
+            ["content-type", "x-forwarded-proto", "x-project-id"]
+        );
     }
 }
