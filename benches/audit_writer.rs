@@ -2,35 +2,36 @@
 //! writing at once (each waits for its record to be in the file, as requests do).
 //! Run: `cargo bench --bench audit_writer`; throughput is printed as elements/s.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use swr_gate::audit::{AuditLog, Decision, Record, Stage};
 use swr_gate::auth::AuthMethod;
 use swr_gate::config::Config;
 
-fn record(i: usize) -> Record {
+fn record(request_id: &str) -> Record<'_> {
     Record {
-        ts: "2026-11-23T18:00:00.000Z".into(),
-        request_id: format!("{i:032x}"),
+        ts: humantime::format_rfc3339_millis(SystemTime::now()),
+        request_id,
         stage: Stage::Completed,
-        client: Some("ci-bot".into()),
+        client: Some("ci-bot"),
         auth_method: Some(AuthMethod::ApiKey),
-        client_ip: "10.1.2.3".into(),
-        method: "POST".into(),
-        path: "/v2/manage/namespaces/team-a/repos/app/access".into(),
-        operation: Some("create_user_repository_auth".into()),
-        namespace: Some("team-a".into()),
-        repository: Some("app".into()),
+        client_ip: IpAddr::from([10, 1, 2, 3]),
+        method: "POST",
+        path: "/v2/manage/namespaces/team-a/repos/app/access",
+        operation: Some("create_user_repository_auth"),
+        namespace: Some("team-a"),
+        repository: Some("app"),
         access_domain: None,
         grants: None,
         sharing: None,
         decision: Decision::Allow,
         denied_by: None,
         reasons: vec![],
-        policies: vec![],
+        policies: &[],
         dry_run: false,
         status: Some(201),
         upstream_status: Some(201),
@@ -57,7 +58,8 @@ fn bench(c: &mut Criterion) {
                         let audit = audit.clone();
                         tokio::spawn(async move {
                             for i in (w..iters as usize).step_by(64) {
-                                audit.write(&record(i)).await.unwrap();
+                                let request_id = format!("{i:032x}");
+                                audit.write(&record(&request_id)).await.unwrap();
                             }
                         })
                     })

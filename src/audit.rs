@@ -11,6 +11,7 @@ pub mod review;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
@@ -91,31 +92,42 @@ pub struct Reason {
 }
 
 /// One audit record. It has no field for headers or bodies, so a secret has nowhere to go.
+/// It borrows from the request's account: it is sealed into its line at once, and two
+/// are made per forwarded request, so copying each field into it would be wasted.
 #[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    pub ts: String,
-    pub request_id: String,
+pub struct Record<'a> {
+    #[serde(serialize_with = "as_text")]
+    pub ts: humantime::Rfc3339Timestamp,
+    pub request_id: &'a str,
     pub stage: Stage,
-    pub client: Option<String>,
+    pub client: Option<&'a str>,
     pub auth_method: Option<AuthMethod>,
-    pub client_ip: String,
-    pub method: String,
-    pub path: String,
-    pub operation: Option<String>,
-    pub namespace: Option<String>,
-    pub repository: Option<String>,
-    pub access_domain: Option<String>,
-    pub grants: Option<Vec<Grant>>,
-    pub sharing: Option<Sharing>,
+    /// Written as text, `"192.0.2.1"`, as serde writes an address in JSON.
+    pub client_ip: IpAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub operation: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub repository: Option<&'a str>,
+    pub access_domain: Option<&'a str>,
+    pub grants: Option<&'a [Grant]>,
+    pub sharing: Option<&'a Sharing>,
     pub decision: Decision,
     pub denied_by: Option<&'static str>,
     pub reasons: Vec<Reason>,
-    pub policies: Vec<String>,
+    pub policies: &'a [String],
     pub dry_run: bool,
     pub status: Option<u16>,
     pub upstream_status: Option<u16>,
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
+}
+
+fn as_text<S: serde::Serializer>(
+    value: &impl std::fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// Hashes records into the chain: SHA-256, or HMAC-SHA-256 when a key is configured so
@@ -142,7 +154,7 @@ impl Chain {
 
     /// The line (without newline) for a record that follows `prev`, and its hash. The
     /// line is the record's fields, then `prev`, then `hash` over everything before it.
-    pub fn seal(&self, record: &Record, prev: &str) -> (Vec<u8>, String) {
+    pub fn seal(&self, record: &Record<'_>, prev: &str) -> (Vec<u8>, String) {
         let mut line = Vec::with_capacity(1024);
         // A record is strings, numbers and lists of them: serialising it cannot fail.
         let _ = serde_json::to_writer(&mut line, record);
@@ -284,7 +296,7 @@ impl AuditLog {
     }
 
     /// Write one record; returns once it is in the file (and on disk with `fsync = "always"`).
-    pub async fn write(&self, record: &Record) -> io::Result<()> {
+    pub async fn write(&self, record: &Record<'_>) -> io::Result<()> {
         let number = self.append(record).await?;
         match &self.syncer {
             Some(syncer) if syncer.window.is_zero() => syncer.on_disk(number).await,
@@ -294,19 +306,19 @@ impl AuditLog {
 
     /// Write one record without waiting for the disk, whatever `fsync` says: for records
     /// nothing waits on (the `completed` one, once the answer is known).
-    pub async fn submit(&self, record: &Record) -> io::Result<()> {
+    pub async fn submit(&self, record: &Record<'_>) -> io::Result<()> {
         self.append(record).await.map(|_| ())
     }
 
     /// Write one record here and now, without waiting for the disk: for a request whose
     /// task is being dropped, which can wait for nothing.
-    pub fn write_now(&self, record: &Record) -> io::Result<()> {
+    pub fn write_now(&self, record: &Record<'_>) -> io::Result<()> {
         let number = self.lock().seal(record);
         self.settle(number).map(|_| ())
     }
 
     /// Seal `record` into the chain and return once it is in the file: its number.
-    async fn append(&self, record: &Record) -> io::Result<u64> {
+    async fn append(&self, record: &Record<'_>) -> io::Result<u64> {
         let sealed = Sealed {
             log: self,
             number: self.lock().seal(record),
@@ -797,7 +809,7 @@ struct Loss {
 
 impl Writer {
     /// Chain `record` on and put its line in the buffer; its number.
-    fn seal(&mut self, record: &Record) -> u64 {
+    fn seal(&mut self, record: &Record<'_>) -> u64 {
         let (line, hash) = self.chain.seal(record, &self.prev);
         self.pending.extend_from_slice(&line);
         self.pending.push(b'\n');
@@ -968,17 +980,18 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
-    fn record() -> Record {
+    fn record() -> Record<'static> {
         Record {
-            ts: "2026-11-23T18:00:00.000Z".into(),
-            request_id: "r1".into(),
+            ts: humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH),
+            request_id: "r1",
             stage: Stage::Completed,
-            client: Some("ci".into()),
+            client: Some("ci"),
             auth_method: Some(AuthMethod::ApiKey),
-            client_ip: "127.0.0.1".into(),
-            method: "POST".into(),
-            path: "/v2".into(),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            method: "POST",
+            path: "/v2",
             operation: None,
             namespace: None,
             repository: None,
@@ -988,7 +1001,7 @@ mod tests {
             decision: Decision::Deny,
             denied_by: Some("route"),
             reasons: vec![],
-            policies: vec![],
+            policies: &[],
             dry_run: false,
             status: Some(404),
             upstream_status: None,

@@ -238,7 +238,13 @@ async fn process(
             let token = gate.tokens.current().await?;
             exchange.decision = Decision::Allow;
             record_decision(gate, snapshot, exchange).await?;
-            let canonical = RequestBody::Buffered(Bytes::from(document.to_string()));
+            let canonical = serde_json::to_vec(&document).map_err(|_| {
+                GateError::new(
+                    ErrorKind::Internal,
+                    "the request body could not be re-encoded",
+                )
+            })?;
+            let canonical = RequestBody::Buffered(Bytes::from(canonical));
             // The method was checked and signed as sent (`patch`); SWR gets the route's.
             parts.method = snapshot.routes.route(route).method.clone();
             forward(
@@ -668,12 +674,7 @@ impl Exchange {
             client_ip,
             address_from,
             method: request.method().to_string(),
-            path: request
-                .uri()
-                .path()
-                .chars()
-                .take(crate::route::MAX_PATH_BYTES)
-                .collect(),
+            path: at_most_chars(request.uri().path(), crate::route::MAX_PATH_BYTES).to_owned(),
             ..Exchange::unread(peer, request_id)
         }
     }
@@ -776,7 +777,7 @@ impl Exchange {
         }
     }
 
-    fn record(&self, stage: Stage) -> Record {
+    fn record(&self, stage: Stage) -> Record<'_> {
         let (denied_by, mut reasons) = match (&self.error, &self.would_deny) {
             (Some(error), _) => (Some(error.kind.stage()), reasons(error)),
             (None, Some(would_deny)) => (None, reasons(would_deny)),
@@ -784,30 +785,41 @@ impl Exchange {
         };
         reasons.extend(self.notes.iter().cloned());
         Record {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            request_id: self.request_id.clone(),
+            ts: humantime::format_rfc3339_millis(SystemTime::now()),
+            request_id: &self.request_id,
             stage,
-            client: self.identity.as_ref().map(|i| i.client.id.clone()),
+            client: self.identity.as_ref().map(|i| i.client.id.as_str()),
             auth_method: self.identity.as_ref().map(|i| i.method),
-            client_ip: self.client_ip.to_string(),
-            method: self.method.clone(),
-            path: self.path.clone(),
-            operation: self.operation.clone(),
-            namespace: self.target.namespace.clone(),
-            repository: self.target.repository.clone(),
-            access_domain: self.target.access_domain.clone(),
-            grants: self.grants.clone(),
-            sharing: self.sharing.clone(),
+            client_ip: self.client_ip,
+            method: &self.method,
+            path: &self.path,
+            operation: self.operation.as_deref(),
+            namespace: self.target.namespace.as_deref(),
+            repository: self.target.repository.as_deref(),
+            access_domain: self.target.access_domain.as_deref(),
+            grants: self.grants.as_deref(),
+            sharing: self.sharing.as_ref(),
             decision: self.decision,
             denied_by,
             reasons,
-            policies: self.policies.clone(),
+            policies: &self.policies,
             dry_run: self.dry_run,
             status: self.status,
             upstream_status: self.upstream_status,
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             upstream_ms: self.upstream_ms,
         }
+    }
+}
+
+/// The first `limit` characters of `text`: a path as long as a record may hold.
+fn at_most_chars(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    match text.char_indices().nth(limit) {
+        Some((end, _)) => &text[..end],
+        None => text,
     }
 }
 
