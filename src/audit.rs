@@ -123,6 +123,11 @@ pub struct Record<'a> {
     pub upstream_ms: Option<f64>,
 }
 
+/// A duration in milliseconds, to the microsecond: what a record says, in a few digits.
+pub fn milliseconds(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1000.0
+}
+
 fn as_text<S: serde::Serializer>(
     value: &impl std::fmt::Display,
     serializer: S,
@@ -1076,6 +1081,14 @@ mod tests {
             assert_eq!(found.as_deref(), last.map(str::as_bytes));
             assert_eq!(was_torn, torn);
         }
+    }
+
+    #[test]
+    fn durations_are_written_to_the_microsecond() {
+        let written = |nanos| serde_json::to_string(&milliseconds(Duration::from_nanos(nanos)));
+        assert_eq!(written(94_124_615).unwrap(), "94.124");
+        assert_eq!(written(1_000_000).unwrap(), "1.0");
+        assert_eq!(written(999).unwrap(), "0.0");
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Drop for Account<'_> {
         }
         let exchange = &mut self.exchange;
         if let Some(at) = exchange.forwarded_at {
-            exchange.upstream_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+            exchange.upstream_ms = Some(audit::milliseconds(at.elapsed()));
         }
         exchange.decision = Decision::Error;
         let (status, error) = if std::thread::panicking() {
@@ -586,7 +586,7 @@ async fn forward(
             result = send(full(bytes), None, &renewed).await;
         }
     }
-    exchange.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    exchange.upstream_ms = Some(audit::milliseconds(started.elapsed()));
     let mut response =
         result.inspect_err(|error| exchange.upstream_status = error.upstream_status)?;
     exchange.upstream_status = Some(response.status().as_u16());
@@ -806,7 +806,7 @@ impl Exchange {
             dry_run: self.dry_run,
             status: self.status,
             upstream_status: self.upstream_status,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: audit::milliseconds(self.started.elapsed()),
             upstream_ms: self.upstream_ms,
         }
     }
