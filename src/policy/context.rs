@@ -1,5 +1,7 @@
 //! The request as Cedar sees it (contract §6): the names of the route and the
-//! validated body, read into the context attributes policies are written against.
+//! validated body, read into the context attributes policies are written against; and
+//! the spellings those attributes share with the rest of the gateway (authentication
+//! methods, RFC 3339 times).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -27,7 +27,7 @@ pub struct Source {
 }
 
 impl Source {
-    pub(super) fn read(path: &Path) -> Result<Source, String> {
+    fn read(path: &Path) -> Result<Source, String> {
         crate::files::read_to_string(path)
             .map(|text| Source {
                 name: path.display().to_string(),
@@ -42,14 +42,14 @@ impl Source {
             .map_or(1, |before| before.matches('\n').count() + 1)
     }
 
-    pub(super) fn column_of(&self, offset: usize) -> usize {
+    fn column_of(&self, offset: usize) -> usize {
         self.text.get(..offset).map_or(1, |before| {
             before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1
         })
     }
 
     /// `file:line: message`, with the diagnostic's help when it has one.
-    pub(super) fn at(&self, offset: Option<usize>, message: &str, help: Option<String>) -> String {
+    fn at(&self, offset: Option<usize>, message: &str, help: Option<String>) -> String {
         let place = match offset {
             Some(offset) => format!("{}:{}", self.name, self.line_of(offset)),
             None => self.name.clone(),
@@ -60,11 +60,7 @@ impl Source {
         }
     }
 
-    pub(super) fn diagnostic(
-        &self,
-        diagnostic: &dyn Diagnostic,
-        fallback: Option<usize>,
-    ) -> String {
+    fn diagnostic(&self, diagnostic: &dyn Diagnostic, fallback: Option<usize>) -> String {
         let offset = diagnostic
             .labels()
             .and_then(|mut labels| labels.next())
