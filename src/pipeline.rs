@@ -102,7 +102,7 @@ pub async fn handle(
         tracing::debug!(
             operation = observation.operation,
             status = observation.status,
-            duration_ms = observation.duration.as_secs_f64() * 1000.0,
+            duration_ms = audit::milliseconds(observation.duration),
             "answered"
         )
     });
@@ -236,14 +236,14 @@ async fn process(
             decide(snapshot, exchange, operation, Some(&document))?;
 
             let token = gate.tokens.current().await?;
-            exchange.decision = Decision::Allow;
-            record_decision(gate, snapshot, exchange).await?;
             let canonical = serde_json::to_vec(&document).map_err(|_| {
                 GateError::new(
                     ErrorKind::Internal,
                     "the request body could not be re-encoded",
                 )
             })?;
+            exchange.decision = Decision::Allow;
+            record_decision(gate, snapshot, exchange).await?;
             let canonical = RequestBody::Buffered(Bytes::from(canonical));
             // The method was checked and signed as sent (`patch`); SWR gets the route's.
             parts.method = snapshot.routes.route(route).method.clone();
