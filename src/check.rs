@@ -14,8 +14,8 @@ pub struct Report {
 }
 
 pub fn check(config_path: &Path) -> Report {
-    let config = match Config::load(config_path) {
-        Ok(config) => config,
+    let (config, unknown_keys) = match Config::read(config_path) {
+        Ok(read) => read,
         Err(problems) => {
             return Report {
                 problems,
@@ -49,6 +49,7 @@ pub fn check(config_path: &Path) -> Report {
             warnings: Vec::new(),
         },
     };
+    report.problems.splice(0..0, unknown_keys);
     report.problems.extend(password);
     report.problems.extend(audit);
     report.warnings.extend(token);

@@ -485,14 +485,37 @@ impl Config {
     /// Read and parse a config file; each problem names the file and, where it can, the
     /// line.
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
-        let text = crate::files::read_to_string(path)
-            .map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        Config::parse(&text, path)
+        let (config, unknown) = Config::read(path)?;
+        if unknown.is_empty() {
+            Ok(config)
+        } else {
+            Err(unknown)
+        }
     }
 
     /// Every unknown key is a problem, each with its line; a value of the wrong type stops
     /// the reading, as toml reports it.
     pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<String>> {
+        let (config, unknown) = Config::parse_with_unknown_keys(text, path)?;
+        if unknown.is_empty() {
+            Ok(config)
+        } else {
+            Err(unknown)
+        }
+    }
+
+    /// The config as far as it reads, and a problem for each unknown key: for `check`,
+    /// which reports a misspelt key together with everything else, not instead of it.
+    pub fn read(path: &Path) -> Result<(Config, Vec<String>), Vec<String>> {
+        let text = crate::files::read_to_string(path)
+            .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        Config::parse_with_unknown_keys(&text, path)
+    }
+
+    fn parse_with_unknown_keys(
+        text: &str,
+        path: &Path,
+    ) -> Result<(Config, Vec<String>), Vec<String>> {
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> =
             serde_ignored::deserialize(toml::Deserializer::new(text), |ignored| {
@@ -505,8 +528,7 @@ impl Config {
             .map(|key| unknown_key(path, text, key))
             .collect();
         let mut config = match parsed {
-            Ok(config) if problems.is_empty() => config,
-            Ok(_) => return Err(problems),
+            Ok(config) => config,
             Err(error) => {
                 problems.push(parse_error(path, text, &error));
                 return Err(problems);
@@ -518,7 +540,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Ok(config)
+        Ok((config, problems))
     }
 
     /// A path from the config, made absolute against the config file's directory.

@@ -157,7 +157,7 @@ fn the_kubernetes_example_passes_and_its_app_may_grant_and_share() {
 #[test]
 fn an_unknown_key_is_named_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "")
+    let text = common::config("127.0.0.1:1".parse().unwrap(), "ftp://127.0.0.1:2", "")
         .replace("[audit]\n", "[audit]\nfsnyc = \"always\"\n");
     let path = dir.path().join("gate.toml");
     std::fs::write(&path, text).unwrap();
@@ -165,6 +165,11 @@ fn an_unknown_key_is_named_with_its_line() {
     assert!(!ok);
     assert!(
         output.contains("gate.toml:21: unknown key `fsnyc` in [audit]"),
+        "{output}"
+    );
+    // A misspelt key is reported with the rest, not instead of it.
+    assert!(
+        output.contains("[upstream] url must be an http:// or https:// URL"),
         "{output}"
     );
 }
