@@ -14,7 +14,7 @@ fn limits(extra: &str) -> RateLimits {
         "id = \"bench\"\nkey = \"client\"\nrate = 1000000000\nper = \"1s\"\n{extra}"
     ))
     .unwrap();
-    RateLimits::build(&[spec], &[], None).unwrap()
+    RateLimits::build(&[spec], Some(&[]), None).unwrap()
 }
 
 fn bench(c: &mut Criterion) {

@@ -89,7 +89,7 @@ impl RateLimitSpec {
         self.operations.iter().any(|o| o == "*" || o == operation)
     }
 
-    fn problems(&self, known_operations: &[&str]) -> Vec<String> {
+    fn problems(&self, known_operations: Option<&[&str]>) -> Vec<String> {
         let mut problems = Vec::new();
         let name = format!("[[rate_limits]] {:?}", self.id);
         if self.rate == 0 || self.burst() == 0 {
@@ -124,7 +124,7 @@ impl RateLimitSpec {
         for operation in &self.operations {
             if operation != "*"
                 && operation != "forward"
-                && !known_operations.contains(&operation.as_str())
+                && known_operations.is_some_and(|known| !known.contains(&operation.as_str()))
             {
                 problems.push(format!("{name}: unknown operation {operation:?}"));
             }
@@ -163,9 +163,11 @@ pub struct Applied {
 }
 
 impl RateLimits {
+    /// `known_operations`: the route table's; `None` when it could not be read, and the
+    /// limits' operation names cannot be checked.
     pub fn build(
         specs: &[RateLimitSpec],
-        known_operations: &[&str],
+        known_operations: Option<&[&str]>,
         previous: Option<&RateLimits>,
     ) -> Result<RateLimits, Vec<String>> {
         let mut problems: Vec<String> = specs
@@ -429,7 +431,7 @@ mod tests {
             &[spec(
                 "id = \"l\"\nkey = \"client\"\nrate = 2\nper = \"1h\"\nburst = 3",
             )],
-            &[],
+            Some(&[]),
             None,
         )
         .unwrap();
@@ -456,7 +458,7 @@ mod tests {
     async fn operations_select_limits_and_client_operation_keys_separate_them() {
         let limits = RateLimits::build(
             &[spec("id = \"l\"\nkey = \"client_operation\"\noperations = [\"a\", \"b\"]\nrate = 1\nper = \"1h\"")],
-            &["a", "b"],
+            Some(&["a", "b"]),
             None,
         )
         .unwrap();
@@ -472,16 +474,17 @@ mod tests {
     #[tokio::test]
     async fn unchanged_limits_keep_their_buckets_across_a_rebuild() {
         let one = spec("id = \"l\"\nkey = \"global\"\nrate = 1\nper = \"1h\"");
-        let before = RateLimits::build(std::slice::from_ref(&one), &[], None).unwrap();
+        let before = RateLimits::build(std::slice::from_ref(&one), Some(&[]), None).unwrap();
         assert!(before.check(&identity("x"), IP, "op").await.is_ok());
-        let after = RateLimits::build(std::slice::from_ref(&one), &[], Some(&before)).unwrap();
+        let after =
+            RateLimits::build(std::slice::from_ref(&one), Some(&[]), Some(&before)).unwrap();
         assert!(
             after.check(&identity("x"), IP, "op").await.is_err(),
             "no fresh burst on reload"
         );
         let changed = RateLimits::build(
             &[spec("id = \"l\"\nkey = \"global\"\nrate = 2\nper = \"1h\"")],
-            &[],
+            Some(&[]),
             Some(&after),
         )
         .unwrap();
@@ -497,7 +500,7 @@ mod tests {
             &[spec(
                 "id = \"l\"\nkey = \"client_ip\"\nrate = 10\nper = \"1s\"\nburst = 1",
             )],
-            &[],
+            Some(&[]),
             None,
         )
         .unwrap();
@@ -537,7 +540,7 @@ mod tests {
                 spec("id = \"d\"\nkey = \"client\"\nrate = 1\nper = \"1y\"\nburst = 200"),
                 spec("id = \"e\"\nkey = \"client\"\nrate = 1\nper = \"1m\"\nbackend = \"redis\"\nredis_url = \"ftp://127.0.0.1:1\""),
             ],
-            &["create_user_repository_auth"],
+            Some(&["create_user_repository_auth"]),
             None,
         )
         .err()

@@ -52,21 +52,30 @@ impl Snapshot {
                 .map(Some),
             None => Some(None),
         };
-        let rate_limits = rules.as_ref().and_then(|rules| {
-            let operations: Vec<&str> = rules
-                .routes
+        // Checked also when a policy or schema is broken, against the routes as far as
+        // they load, so that fixing one file does not bring up problems it hid.
+        let unruled = rules
+            .is_none()
+            .then(|| load_routes(&config.resolve(&config.policy.dir)).ok())
+            .flatten();
+        let routes = rules
+            .as_ref()
+            .map(|rules| &rules.routes)
+            .or(unruled.as_ref());
+        let operations: Option<Vec<&str>> = routes.map(|routes| {
+            routes
                 .routes()
                 .iter()
                 .map(|r| r.operation.as_str())
-                .collect();
-            RateLimits::build(
-                &config.rate_limits,
-                &operations,
-                previous.map(|p| &p.rate_limits),
-            )
-            .map_err(|p| problems.extend(p))
-            .ok()
+                .collect()
         });
+        let rate_limits = RateLimits::build(
+            &config.rate_limits,
+            operations.as_deref(),
+            previous.map(|p| &p.rate_limits),
+        )
+        .map_err(|p| problems.extend(p))
+        .ok();
         match (rules, clients, upstream, tls, rate_limits) {
             (Some(rules), Some(clients), Some(upstream), Some(tls), Some(rate_limits))
                 if problems.is_empty() =>

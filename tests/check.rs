@@ -261,7 +261,9 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
         "{\n  \"type\": \n",
     )
     .unwrap();
-    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "").replace(
+    // A limit's problems are reported beside the broken schemas, not after they are fixed.
+    let limit = "[[rate_limits]]\nid = \"l\"\nkey = \"client\"\noperations = [\"no_such_op\"]\nrate = 0\nper = \"1m\"\n";
+    let text = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", limit).replace(
         &common::allow_all_policy_dir().display().to_string(),
         "policies",
     );
@@ -271,6 +273,11 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
     assert!(!ok);
     assert!(
         output.contains("update_repo_domains.schema.json"),
+        "{output}"
+    );
+    assert!(
+        output.contains("rate and burst must be at least 1")
+            && output.contains("unknown operation \"no_such_op\""),
         "{output}"
     );
     assert!(
@@ -297,6 +304,11 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
     assert!(
         output.contains("no route for update_repo_domains"),
         "the three guarded operations cannot be dropped: {output}"
+    );
+    // With no route table to check them against, operation names go unchecked.
+    assert!(
+        output.contains("rate and burst must be at least 1") && !output.contains("no_such_op"),
+        "{output}"
     );
 }
 
