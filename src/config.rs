@@ -353,7 +353,7 @@ impl Iam {
 /// the reload's log line are read by more people than the file is: the line is shown up
 /// to its `=` (a table header up to its `]`), a syntax error in toml's words, which
 /// quote no value, and a wrong value by what was expected, not by what was found.
-fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
+pub(crate) fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
     let (message, span) = match toml_edit::ImDocument::parse(text) {
         Err(syntax) => (syntax.message().trim_end().to_owned(), syntax.span()),
         Ok(_) => (without_value(error.message().trim_end()), error.span()),

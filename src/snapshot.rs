@@ -111,8 +111,8 @@ impl Rules {
     pub fn load(config: &Config) -> Result<Rules, Vec<String>> {
         let mut problems = Vec::new();
         let policy_dir = config.resolve(&config.policy.dir);
-        let routes = load_routes(&policy_dir).unwrap_or_else(|error| {
-            problems.push(error);
+        let routes = load_routes(&policy_dir).unwrap_or_else(|errors| {
+            problems.extend(errors);
             RouteTable::default()
         });
         let schemas = load_schemas(&policy_dir, &routes, &mut problems);
@@ -147,19 +147,32 @@ impl Rules {
     }
 }
 
-fn load_routes(policy_dir: &Path) -> Result<RouteTable, String> {
+/// `routes.toml`, each problem on its own with the line of its `[[route]]`.
+fn load_routes(policy_dir: &Path) -> Result<RouteTable, Vec<String>> {
     let path = policy_dir.join("routes.toml");
-    let text =
-        crate::files::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: RouteFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::files::read_to_string(&path)
+        .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let file: RouteFile =
+        toml::from_str(&text).map_err(|e| vec![crate::config::parse_error(&path, &text, &e)])?;
+    // Where each `[[route]]` starts, when the tables can be told apart line by line.
+    let starts: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.trim_start().starts_with("[[route]]"))
+        .map(|(at, _)| at + 1)
+        .collect();
+    let route_at = |i: usize| match starts.get(i) {
+        Some(line) if starts.len() == file.route.len() => format!("{}:{line}", path.display()),
+        _ => path.display().to_string(),
+    };
     let mut routes = Vec::new();
     let mut problems = Vec::new();
     for (i, spec) in file.route.iter().enumerate() {
         match Route::parse(spec) {
-            Ok(route) => routes.push(route),
+            Ok(route) => routes.push((i, route)),
             Err(error) => problems.push(format!(
                 "{}: [[route]] #{} ({}): {error}",
-                path.display(),
+                route_at(i),
                 i + 1,
                 spec.operation
             )),
@@ -173,26 +186,30 @@ fn load_routes(policy_dir: &Path) -> Result<RouteTable, String> {
         }
     }
     for operation in ALWAYS_GUARDED {
-        if !routes.iter().any(|r| r.operation == operation) {
+        if !routes.iter().any(|(_, r)| r.operation == operation) {
             problems.push(format!(
                 "{}: no route for {operation}, one of the three operations swr-gate always guards (an emptied or half-written file?)",
                 path.display()
             ));
         }
     }
-    for (i, route) in routes.iter().enumerate() {
-        if routes[..i].iter().any(|r| r.operation == route.operation) {
+    for (at, (i, route)) in routes.iter().enumerate() {
+        if routes[..at]
+            .iter()
+            .any(|(_, r)| r.operation == route.operation)
+        {
             problems.push(format!(
                 "{}: operation {} has two routes",
-                path.display(),
+                route_at(*i),
                 route.operation
             ));
         }
     }
     if problems.is_empty() {
+        let routes = routes.into_iter().map(|(_, route)| route).collect();
         Ok(RouteTable::new(routes, sibling_methods))
     } else {
-        Err(problems.join("\n"))
+        Err(problems)
     }
 }
 

@@ -298,8 +298,14 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
     let (ok, output) = check(&path);
     assert!(!ok);
     assert!(
-        output.contains("routes.toml") && output.contains("{nope}"),
+        output.contains("routes.toml:1: [[route]] #1 (x): ") && output.contains("{nope}"),
         "{output}"
+    );
+    assert!(
+        output
+            .lines()
+            .all(|line| line.starts_with("error: ") || line.starts_with("warning: ")),
+        "one problem a line: {output}"
     );
     assert!(
         output.contains("no route for update_repo_domains"),
