@@ -123,7 +123,7 @@ pub struct Record<'a> {
     pub upstream_ms: Option<f64>,
 }
 
-/// A duration in milliseconds, to the microsecond: what a record says, in a few digits.
+/// A duration in milliseconds, cut to the microsecond: what a record says, in a few digits.
 pub fn milliseconds(duration: Duration) -> f64 {
     duration.as_micros() as f64 / 1000.0
 }
@@ -1084,7 +1084,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_are_written_to_the_microsecond() {
+    fn durations_are_written_cut_to_the_microsecond() {
         let written = |nanos| serde_json::to_string(&milliseconds(Duration::from_nanos(nanos)));
         assert_eq!(written(94_124_615).unwrap(), "94.124");
         assert_eq!(written(1_000_000).unwrap(), "1.0");
