@@ -575,7 +575,7 @@ fn trial_of(config: &Config, file_now: Option<&str>, case: &Case) -> Result<Tria
     };
     let now = match case.now.as_deref().or(file_now) {
         Some(text) => policy::parse_rfc3339(text)
-            .and_then(|secs| u64::try_from(secs).ok())
+            .and_then(|at| u64::try_from(at.unix_timestamp()).ok())
             .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
             .ok_or_else(|| format!("now = {text:?} is not an RFC 3339 time after 1970"))?,
         None => SystemTime::now(),

@@ -104,22 +104,20 @@ pub fn verify(files: &[PathBuf], chain: &Chain) -> Result<Verified, Broken> {
 }
 
 /// A `--since`/`--until` time: RFC 3339 in UTC (`2026-11-23T18:00:00Z`, fractions
-/// allowed, `T` or a space) or with an offset (`2026-11-24T02:00:00+08:00`).
+/// allowed, `T` or a space) or with an offset (`2026-11-24T02:00:00+08:00`). A time
+/// without either is refused: read as UTC, a local time would select the wrong hours.
 pub fn parse_time(text: &str) -> Result<SystemTime, String> {
-    let offset = || {
-        let seconds = crate::policy::parse_rfc3339(text)?;
-        let magnitude = std::time::Duration::from_secs(seconds.unsigned_abs());
-        match seconds >= 0 {
-            true => SystemTime::UNIX_EPOCH.checked_add(magnitude),
-            false => SystemTime::UNIX_EPOCH.checked_sub(magnitude),
+    let at = || {
+        let since_epoch = crate::policy::parse_rfc3339(text)? - time::OffsetDateTime::UNIX_EPOCH;
+        let magnitude = since_epoch.unsigned_abs();
+        match since_epoch.is_negative() {
+            false => SystemTime::UNIX_EPOCH.checked_add(magnitude),
+            true => SystemTime::UNIX_EPOCH.checked_sub(magnitude),
         }
     };
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .or_else(offset)
-        .ok_or_else(|| {
-            "not an RFC 3339 time such as 2026-11-23T18:00:00Z or 2026-11-24T02:00:00+08:00".into()
-        })
+    at().ok_or_else(|| {
+        "not an RFC 3339 time with Z or an offset, such as 2026-11-23T18:00:00Z or 2026-11-24T02:00:00+08:00".into()
+    })
 }
 
 /// What `audit query` keeps.
@@ -251,8 +249,12 @@ mod tests {
     fn times_are_read_in_utc_or_with_an_offset() {
         let utc = parse_time("2026-11-23T18:00:00Z").unwrap();
         assert_eq!(parse_time("2026-11-24T02:00:00+08:00"), Ok(utc));
-        assert_eq!(parse_time("2026-11-23 18:00:00"), Ok(utc));
+        assert_eq!(parse_time("2026-11-23 18:00:00Z"), Ok(utc));
+        assert!(parse_time("2026-11-23T18:00:00").is_err());
+        assert!(parse_time("2026-11-23 18:00:00").is_err());
         assert!(parse_time("2026-11-23T18:00:00.5Z").unwrap() > utc);
         assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2999-01-01T00:00:00Z").unwrap() > utc);
+        assert!(parse_time("1969-12-31T23:59:59.5Z").unwrap() < SystemTime::UNIX_EPOCH);
     }
 }

@@ -104,7 +104,9 @@ impl Context {
                     context.deadline_forever = true;
                 } else if !deadline.is_empty() {
                     match parse_rfc3339(&deadline) {
-                        Some(at) => context.deadline_days = Some(days_between(now, at)),
+                        Some(at) => {
+                            context.deadline_days = Some(days_between(now, at.unix_timestamp()))
+                        }
                         None => problems
                             .push(unreadable("/deadline", "\"forever\" or an RFC 3339 time")),
                     }
@@ -266,14 +268,12 @@ fn is_visible(c: char) -> bool {
             | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{10FFFF}')
 }
 
-/// Seconds since the epoch of an RFC 3339 time such as `2026-12-31T16:00:00.000Z` (or
-/// with an offset, `+08:00`); `None` when it is not one.
-pub fn parse_rfc3339(text: &str) -> Option<i64> {
+/// An RFC 3339 time such as `2026-12-31T16:00:00.000Z` (or with an offset, `+08:00`);
+/// `None` when it is not one.
+pub fn parse_rfc3339(text: &str) -> Option<time::OffsetDateTime> {
     // `time` takes any byte between date and time; RFC 3339 allows `T`, `t` or a space.
     if !matches!(text.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
         return None;
     }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(time::OffsetDateTime::unix_timestamp)
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
