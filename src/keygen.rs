@@ -3,6 +3,14 @@
 
 use crate::crypto::{hex, random_bytes, sha256};
 
+/// A new credential: what the client is given, and the lines for the config. They are
+/// printed apart (the secret on stderr), so that `keygen ... >> gate.toml` puts no
+/// secret in the file.
+pub struct Issued {
+    pub secret: String,
+    pub config: String,
+}
+
 /// A client id that goes into the printed TOML as it is: nothing that could end the
 /// string or the line and write other settings (`a"\ngroups = ["admins"]`).
 pub fn client_id(text: &str) -> Result<String, String> {
@@ -17,26 +25,27 @@ pub fn client_id(text: &str) -> Result<String, String> {
 }
 
 /// A new API key and the `[[clients]]` lines that accept it.
-pub fn api_key(client: &str) -> String {
+pub fn api_key(client: &str) -> Issued {
     let key = format!("swrg_{}", hex(&random_bytes::<24>()));
     let hash = hex(&sha256(key.as_bytes()));
-    format!(
-        "# API key for {client}: give it to the client, keep it nowhere else.\n\
-         # {key}\n\
-         [[clients]]\n\
-         id = \"{client}\"\n\
-         groups = []\n\
-         api_key_sha256 = \"{hash}\"\n"
-    )
+    Issued {
+        secret: format!(
+            "# API key for {client}: give it to the client, keep it nowhere else.\n\
+             # {key}\n"
+        ),
+        config: format!(
+            "[[clients]]\n\
+             id = \"{client}\"\n\
+             groups = []\n\
+             api_key_sha256 = \"{hash}\"\n"
+        ),
+    }
 }
 
-/// A new AK/SK pair, in the shape Huawei Cloud issues them, and the `[[clients]]` lines.
-pub fn aksk(client: &str) -> String {
+pub fn aksk(client: &str) -> Issued {
     let access_key = random_text::<20>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
     let secret_key =
         random_text::<40>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
-    // Upper-casing and `_` for `.`, `-` and `@` give `a.b`, `a-b` and `A-B` one name: the
-    // AK's start keeps the variables of different clients apart.
     let variable = format!(
         "SWR_GATE_SK_{}_{}",
         client
@@ -49,21 +58,24 @@ pub fn aksk(client: &str) -> String {
             .collect::<String>(),
         &access_key[..8]
     );
-    format!(
-        "# AK/SK for {client}: give both to the client (SDK: BasicCredentials(ak, sk, project_id)).\n\
-         # AK: {access_key}\n\
-         # SK: {secret_key}\n\
-         # The gateway reads the SK from the environment (or use secret_key_file):\n\
-         #   export {variable}='{secret_key}'\n\
-         [[clients]]\n\
-         id = \"{client}\"\n\
-         groups = []\n\
-         access_key = \"{access_key}\"\n\
-         secret_key_env = \"{variable}\"\n"
-    )
+    Issued {
+        secret: format!(
+            "# AK/SK for {client}: give both to the client (SDK: BasicCredentials(ak, sk, project_id)).\n\
+             # AK: {access_key}\n\
+             # SK: {secret_key}\n\
+             # The gateway reads the SK from the environment (or use secret_key_file):\n\
+             #   export {variable}='{secret_key}'\n"
+        ),
+        config: format!(
+            "[[clients]]\n\
+             id = \"{client}\"\n\
+             groups = []\n\
+             access_key = \"{access_key}\"\n\
+             secret_key_env = \"{variable}\"\n"
+        ),
+    }
 }
 
-/// `N` characters drawn uniformly from `alphabet` (rejection sampling, no modulo bias).
 fn random_text<const N: usize>(alphabet: &[u8]) -> String {
     let limit = 256 - 256 % alphabet.len();
     let mut out = String::with_capacity(N);
@@ -100,17 +112,31 @@ mod tests {
 
     #[test]
     fn the_printed_config_is_valid_toml_with_the_hash_of_the_printed_key() {
-        let text = api_key("ci-bot");
-        let key = text.lines().nth(1).unwrap().trim_start_matches("# ");
-        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let issued = api_key("ci-bot");
+        let key = issued
+            .secret
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("# ");
+        assert!(!issued.config.contains(key));
+        let parsed: toml::Value = toml::from_str(&issued.config).unwrap();
         let client = &parsed["clients"][0];
         assert_eq!(
             client["api_key_sha256"].as_str().unwrap(),
             hex(&sha256(key.as_bytes()))
         );
 
-        let text = aksk("release tool");
-        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let issued = aksk("release tool");
+        let secret_key = issued
+            .secret
+            .lines()
+            .nth(2)
+            .unwrap()
+            .trim_start_matches("# SK: ");
+        assert_eq!(secret_key.len(), 40);
+        assert!(!issued.config.contains(secret_key));
+        let parsed: toml::Value = toml::from_str(&issued.config).unwrap();
         let client = &parsed["clients"][0];
         assert_eq!(client["access_key"].as_str().unwrap().len(), 20);
         let access_key = client["access_key"].as_str().unwrap();
@@ -123,7 +149,7 @@ mod tests {
     #[test]
     fn clients_whose_ids_differ_only_in_case_or_punctuation_get_their_own_variables() {
         let variable = |id| {
-            let parsed: toml::Value = toml::from_str(&aksk(id)).unwrap();
+            let parsed: toml::Value = toml::from_str(&aksk(id).config).unwrap();
             parsed["clients"][0]["secret_key_env"]
                 .as_str()
                 .unwrap()

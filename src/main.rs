@@ -173,9 +173,20 @@ fn main() -> ExitCode {
             command: PolicyCommand::Test { config, cases },
         } => verdict(swr_gate::eval::policy_test(&config, &cases)),
         Command::Keygen { kind } => {
-            match kind {
-                KeyKind::ApiKey { client } => print!("{}", swr_gate::keygen::api_key(&client)),
-                KeyKind::Aksk { client } => print!("{}", swr_gate::keygen::aksk(&client)),
+            let issued = match kind {
+                KeyKind::ApiKey { client } => swr_gate::keygen::api_key(&client),
+                KeyKind::Aksk { client } => swr_gate::keygen::aksk(&client),
+            };
+            // The secret on stderr, the config lines on stdout: `>> gate.toml` takes no
+            // secret. Lines for a secret nobody saw would make a client nobody can be.
+            if std::io::stderr()
+                .write_all(issued.secret.as_bytes())
+                .is_err()
+                || std::io::stdout()
+                    .write_all(issued.config.as_bytes())
+                    .is_err()
+            {
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

@@ -218,16 +218,26 @@ fn keygen_clients_get_their_own_secrets_and_a_shared_secret_is_refused() {
     let mut config = common::config("127.0.0.1:1".parse().unwrap(), "http://127.0.0.1:2", "");
     let mut env = Vec::new();
     for id in ["a.b", "a-b", "A-B"] {
-        let (ok, printed) = swr_gate(&["keygen", "aksk", "--client", id], &[]);
-        assert!(ok, "{printed}");
-        let export = printed
+        let printed = Command::new(env!("CARGO_BIN_EXE_swr-gate"))
+            .args(["keygen", "aksk", "--client", id])
+            .output()
+            .unwrap();
+        assert!(printed.status.success());
+        let (lines, shown) = (
+            String::from_utf8(printed.stdout).unwrap(),
+            String::from_utf8(printed.stderr).unwrap(),
+        );
+        let export = shown
             .lines()
             .find_map(|l| l.strip_prefix("#   export "))
             .unwrap();
         let (variable, secret) = export.split_once('=').unwrap();
-        env.push((variable.to_owned(), secret.trim_matches('\'').to_owned()));
+        let secret = secret.trim_matches('\'');
+        // `keygen ... >> gate.toml` takes the config lines only.
+        assert!(!lines.contains(secret), "{lines}");
+        env.push((variable.to_owned(), secret.to_owned()));
         config.push('\n');
-        config.push_str(&printed);
+        config.push_str(&lines);
     }
     std::fs::write(&path, &config).unwrap();
     let env: Vec<(&str, &str)> = env.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
