@@ -372,10 +372,17 @@ pub(crate) fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> S
         + 1;
     let source = text.lines().nth(line - 1).unwrap_or_default();
     let shown = match (source.trim_start().starts_with('['), source.split_once('=')) {
-        (true, _) => match source.split_once(']') {
-            Some((header, _)) => format!("{header}]"),
-            None => source.to_owned(),
-        },
+        (true, _) => {
+            let end = if source.trim_start().starts_with("[[") {
+                "]]"
+            } else {
+                "]"
+            };
+            match source.split_once(end) {
+                Some((header, _)) => format!("{header}{end}"),
+                None => source.to_owned(),
+            }
+        }
         (false, Some((key, _))) => format!("{key}= …"),
         (false, None) => "…".to_owned(),
     };
@@ -383,6 +390,16 @@ pub(crate) fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> S
         "{}: TOML parse error at line {line}, column {column}\n  |\n{line} | {shown}\n  |\n{message}",
         path.display()
     )
+}
+
+/// The config, refused when it has an unknown key: a misspelt setting may be one the
+/// user believes is on.
+fn without_unknown_keys((config, unknown): (Config, Vec<String>)) -> Result<Config, Vec<String>> {
+    if unknown.is_empty() {
+        Ok(config)
+    } else {
+        Err(unknown)
+    }
 }
 
 /// serde's `invalid type: string "…", expected a string` as `invalid type, expected a
@@ -485,27 +502,17 @@ impl Config {
     /// Read and parse a config file; each problem names the file and, where it can, the
     /// line.
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
-        let (config, unknown) = Config::read(path)?;
-        if unknown.is_empty() {
-            Ok(config)
-        } else {
-            Err(unknown)
-        }
+        Config::read(path).and_then(without_unknown_keys)
     }
 
     /// Every unknown key is a problem, each with its line; a value of the wrong type stops
     /// the reading, as toml reports it.
     pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<String>> {
-        let (config, unknown) = Config::parse_with_unknown_keys(text, path)?;
-        if unknown.is_empty() {
-            Ok(config)
-        } else {
-            Err(unknown)
-        }
+        Config::parse_with_unknown_keys(text, path).and_then(without_unknown_keys)
     }
 
-    /// The config as far as it reads, and a problem for each unknown key: for `check`,
-    /// which reports a misspelt key together with everything else, not instead of it.
+    /// The config, when it parses, and a problem for each unknown key: for `check`, which
+    /// reports a misspelt key together with everything else, not instead of it.
     pub fn read(path: &Path) -> Result<(Config, Vec<String>), Vec<String>> {
         let text = crate::files::read_to_string(path)
             .map_err(|e| vec![format!("{}: {e}", path.display())])?;

@@ -42,10 +42,13 @@ pub fn api_key(client: &str) -> Issued {
     }
 }
 
+/// A new AK/SK pair, in the shape Huawei Cloud issues them, and the `[[clients]]` lines.
 pub fn aksk(client: &str) -> Issued {
     let access_key = random_text::<20>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
     let secret_key =
         random_text::<40>(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
+    // Upper-casing and `_` for `.`, `-` and `@` give `a.b`, `a-b` and `A-B` one name: the
+    // AK's start keeps the variables of different clients apart.
     let variable = format!(
         "SWR_GATE_SK_{}_{}",
         client
@@ -76,6 +79,7 @@ pub fn aksk(client: &str) -> Issued {
     }
 }
 
+/// `N` characters drawn uniformly from `alphabet` (rejection sampling, no modulo bias).
 fn random_text<const N: usize>(alphabet: &[u8]) -> String {
     let limit = 256 - 256 % alphabet.len();
     let mut out = String::with_capacity(N);

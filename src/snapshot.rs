@@ -52,8 +52,9 @@ impl Snapshot {
                 .map(Some),
             None => Some(None),
         };
-        // Checked also when a policy or schema is broken, against the routes as far as
-        // they load, so that fixing one file does not bring up problems it hid.
+        // Checked also when a policy or schema is broken, against the route table when it
+        // loads, so that fixing one file does not bring up problems it hid. Reading the
+        // routes again costs only on this failing path.
         let unruled = rules
             .is_none()
             .then(|| load_routes(&config.resolve(&config.policy.dir)).ok())
@@ -154,16 +155,20 @@ fn load_routes(policy_dir: &Path) -> Result<RouteTable, Vec<String>> {
         .map_err(|e| vec![format!("{}: {e}", path.display())])?;
     let file: RouteFile =
         toml::from_str(&text).map_err(|e| vec![crate::config::parse_error(&path, &text, &e)])?;
-    // Where each `[[route]]` starts, when the tables can be told apart line by line.
-    let starts: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| line.trim_start().starts_with("[[route]]"))
-        .map(|(at, _)| at + 1)
-        .collect();
-    let route_at = |i: usize| match starts.get(i) {
-        Some(line) if starts.len() == file.route.len() => format!("{}:{line}", path.display()),
-        _ => path.display().to_string(),
+    // The line of each `[[route]]` header, as the TOML parser places it (none for routes
+    // written as an inline array).
+    let document = toml_edit::ImDocument::parse(text.as_str()).ok();
+    let headers = document
+        .as_ref()
+        .and_then(|document| document.get("route")?.as_array_of_tables());
+    let route_at = |i: usize| {
+        let line = headers
+            .and_then(|tables| tables.get(i)?.span())
+            .and_then(|span| Some(text.get(..span.start)?.matches('\n').count() + 1));
+        match line {
+            Some(line) => format!("{}:{line}", path.display()),
+            None => path.display().to_string(),
+        }
     };
     let mut routes = Vec::new();
     let mut problems = Vec::new();

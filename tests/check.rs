@@ -326,6 +326,26 @@ fn missing_and_broken_schemas_and_routes_are_all_reported() {
         output.contains("rate and burst must be at least 1") && !output.contains("no_such_op"),
         "{output}"
     );
+    // Each problem at its own [[route]]'s line, after the shipped routes.
+    let shipped = std::fs::read_to_string(common::policy_dir().join("routes.toml")).unwrap();
+    let text = format!(
+        "{shipped}\n[[route]]\noperation = \"x\"\nmethod = \"POST\"\npath = \"/v2/{{nope}}\"\n\n[[route]]\noperation = \"update_repo_domains\"\nmethod = \"PUT\"\npath = \"/v2/other\"\n"
+    );
+    let line_of = |marker: &str| text[..text.find(marker).unwrap()].matches('\n').count() + 1;
+    let (bad, twice) = (
+        line_of("[[route]]\noperation = \"x\""),
+        line_of("[[route]]\noperation = \"update_repo_domains\"\nmethod = \"PUT\""),
+    );
+    std::fs::write(policies.join("routes.toml"), &text).unwrap();
+    let (ok, output) = check(&path);
+    assert!(!ok);
+    assert!(
+        output.contains(&format!("routes.toml:{bad}: [[route]] #4 (x): "))
+            && output.contains(&format!(
+                "routes.toml:{twice}: operation update_repo_domains has two routes"
+            )),
+        "{output}"
+    );
 }
 
 #[test]

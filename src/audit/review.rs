@@ -253,6 +253,7 @@ mod tests {
         assert!(parse_time("2026-11-23T18:00:00").is_err());
         assert!(parse_time("2026-11-23 18:00:00").is_err());
         assert!(parse_time("2026-11-23T18:00:00.5Z").unwrap() > utc);
+        assert!(parse_time("2026-11-24T02:00:00.5+08:00").unwrap() > utc);
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2999-01-01T00:00:00Z").unwrap() > utc);
         assert!(parse_time("1969-12-31T23:59:59.5Z").unwrap() < SystemTime::UNIX_EPOCH);
