@@ -5,6 +5,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use swr_gate::body::parse_strict;
 use swr_gate::schema::Schema;
 
+/// The allocator the binary runs with: parsing a body allocates for every key and value.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn schema(operation: &str) -> Schema {
     let path = format!(
         "{}/policies/schemas/{operation}.schema.json",
