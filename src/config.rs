@@ -362,7 +362,7 @@ pub(crate) fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> S
         return format!("{}: {message}", path.display());
     };
     let before = text.get(..span.start).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
+    let line = crate::files::line_at(text, span.start);
     let column = before
         .rsplit('\n')
         .next()
@@ -494,8 +494,7 @@ fn key_line(text: &str, keys: &[String]) -> Option<usize> {
         };
     }
     let (key, _) = item.as_table_like()?.get_key_value(last)?;
-    let start = key.span()?.start;
-    Some(text.get(..start)?.matches('\n').count() + 1)
+    Some(crate::files::line_at(text, key.span()?.start))
 }
 
 impl Config {

@@ -58,6 +58,13 @@ fn is_listed(path: &Path) -> bool {
         .is_some_and(|name| !name.as_encoded_bytes().starts_with(b"."))
 }
 
+/// The line (from 1) on which byte `offset` of a file's `text` falls: how a problem in a
+/// config, route table, schema or policy file is placed.
+pub fn line_at(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |before| before.matches('\n').count() + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

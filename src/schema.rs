@@ -100,8 +100,7 @@ fn message(error: &jsonschema::ValidationError) -> String {
 /// A `$ref` step (jsonschema's paths go through references: `/items/$ref/properties/x`)
 /// goes on from where a local reference (`#/$defs/grant`) points.
 fn line_of(text: &str, pointer: &str) -> Option<usize> {
-    let at = offset_of(text, pointer, 0)?;
-    Some(text[..at].matches('\n').count() + 1)
+    Some(crate::files::line_at(text, offset_of(text, pointer, 0)?))
 }
 
 /// Where the value at `pointer` starts in `text`; `hops` counts the references followed,

@@ -156,15 +156,14 @@ fn load_routes(policy_dir: &Path) -> Result<RouteTable, Vec<String>> {
     let file: RouteFile =
         toml::from_str(&text).map_err(|e| vec![crate::config::parse_error(&path, &text, &e)])?;
     // The line of each `[[route]]` header, as the TOML parser places it (none for routes
-    // written as an inline array).
-    let document = toml_edit::ImDocument::parse(text.as_str()).ok();
-    let headers = document
-        .as_ref()
-        .and_then(|document| document.get("route")?.as_array_of_tables());
+    // written as an inline array); the document is parsed again only for a problem.
+    let document = std::cell::OnceCell::new();
     let route_at = |i: usize| {
-        let line = headers
-            .and_then(|tables| tables.get(i)?.span())
-            .and_then(|span| Some(text.get(..span.start)?.matches('\n').count() + 1));
+        let line = document
+            .get_or_init(|| toml_edit::ImDocument::parse(text.as_str()).ok())
+            .as_ref()
+            .and_then(|document| document.get("route")?.as_array_of_tables()?.get(i)?.span())
+            .map(|span| crate::files::line_at(&text, span.start));
         match line {
             Some(line) => format!("{}:{line}", path.display()),
             None => path.display().to_string(),

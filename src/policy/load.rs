@@ -37,9 +37,7 @@ impl Source {
     }
 
     pub(super) fn line_of(&self, offset: usize) -> usize {
-        self.text
-            .get(..offset)
-            .map_or(1, |before| before.matches('\n').count() + 1)
+        crate::files::line_at(&self.text, offset)
     }
 
     fn column_of(&self, offset: usize) -> usize {
