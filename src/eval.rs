@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use http::Method;
 use serde::Deserialize;
@@ -574,10 +574,8 @@ fn trial_of(config: &Config, file_now: Option<&str>, case: &Case) -> Result<Tria
         None => AuthMethod::ApiKey,
     };
     let now = match case.now.as_deref().or(file_now) {
-        Some(text) => policy::parse_rfc3339(text)
-            .and_then(|at| u64::try_from(at.unix_timestamp()).ok())
-            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
-            .ok_or_else(|| format!("now = {text:?} is not an RFC 3339 time after 1970"))?,
+        Some(text) => policy::parse_rfc3339_instant(text)
+            .ok_or_else(|| format!("now = {text:?} is not an RFC 3339 time"))?,
         None => SystemTime::now(),
     };
     let asked = match (&case.operation, &case.method, &case.path) {

@@ -107,15 +107,7 @@ pub fn verify(files: &[PathBuf], chain: &Chain) -> Result<Verified, Broken> {
 /// allowed, `T` or a space) or with an offset (`2026-11-24T02:00:00+08:00`). A time
 /// without either is refused: read as UTC, a local time would select the wrong hours.
 pub fn parse_time(text: &str) -> Result<SystemTime, String> {
-    let at = || {
-        let since_epoch = crate::policy::parse_rfc3339(text)? - time::OffsetDateTime::UNIX_EPOCH;
-        let magnitude = since_epoch.unsigned_abs();
-        match since_epoch.is_negative() {
-            false => SystemTime::UNIX_EPOCH.checked_add(magnitude),
-            true => SystemTime::UNIX_EPOCH.checked_sub(magnitude),
-        }
-    };
-    at().ok_or_else(|| {
+    crate::policy::parse_rfc3339_instant(text).ok_or_else(|| {
         "not an RFC 3339 time with Z or an offset, such as 2026-11-23T18:00:00Z or 2026-11-24T02:00:00+08:00".into()
     })
 }

@@ -277,3 +277,14 @@ pub fn parse_rfc3339(text: &str) -> Option<time::OffsetDateTime> {
     }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
+
+/// [`parse_rfc3339`] as a `SystemTime`, fractions kept: for a `--since` or a policy
+/// test's `now`.
+pub fn parse_rfc3339_instant(text: &str) -> Option<SystemTime> {
+    let since_epoch = parse_rfc3339(text)? - time::OffsetDateTime::UNIX_EPOCH;
+    let magnitude = since_epoch.unsigned_abs();
+    match since_epoch.is_negative() {
+        false => UNIX_EPOCH.checked_add(magnitude),
+        true => UNIX_EPOCH.checked_sub(magnitude),
+    }
+}

@@ -24,7 +24,9 @@ use crate::error::{Detail, ErrorKind, GateError};
 mod context;
 mod load;
 
-pub use context::{auth_method_from_name, auth_method_name, parse_rfc3339, Context, Grant};
+pub use context::{
+    auth_method_from_name, auth_method_name, parse_rfc3339, parse_rfc3339_instant, Context, Grant,
+};
 pub use load::Source;
 
 /// The action of requests forwarded without a guarded route (`unmatched = "forward"`).
