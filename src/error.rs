@@ -314,3 +314,15 @@ impl std::error::Error for GateError {}
 pub fn out_of_files(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(23 | 24))
 }
+
+/// The first `limit` characters of `text`: as much of a client's text (a path, a key
+/// name in a message) as an answer or a record may quote.
+pub fn at_most_chars(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    match text.char_indices().nth(limit) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}

@@ -674,7 +674,8 @@ impl Exchange {
             client_ip,
             address_from,
             method: request.method().to_string(),
-            path: at_most_chars(request.uri().path(), crate::route::MAX_PATH_BYTES).to_owned(),
+            path: crate::error::at_most_chars(request.uri().path(), crate::route::MAX_PATH_BYTES)
+                .to_owned(),
             ..Exchange::unread(peer, request_id)
         }
     }
@@ -809,17 +810,6 @@ impl Exchange {
             duration_ms: audit::milliseconds(self.started.elapsed()),
             upstream_ms: self.upstream_ms,
         }
-    }
-}
-
-/// The first `limit` characters of `text`: a path as long as a record may hold.
-fn at_most_chars(text: &str, limit: usize) -> &str {
-    if text.len() <= limit {
-        return text;
-    }
-    match text.char_indices().nth(limit) {
-        Some((end, _)) => &text[..end],
-        None => text,
     }
 }
 

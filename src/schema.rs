@@ -8,7 +8,7 @@ use jsonschema::paths::{LazyLocation, Location};
 use jsonschema::{Keyword, ValidationError, Validator};
 use serde_json::{Map, Value};
 
-use crate::error::{Detail, ErrorKind, GateError};
+use crate::error::{at_most_chars, Detail, ErrorKind, GateError};
 
 /// Most violations listed in one answer; a hostile body could otherwise make thousands.
 const MAX_DETAILS: usize = 50;
@@ -44,6 +44,8 @@ impl Schema {
     fn compile(schema: &Value) -> Result<Schema, (String, String)> {
         jsonschema::draft202012::options()
             .should_validate_formats(true)
+            // A misspelt format (`datetime`) would otherwise assert nothing, silently.
+            .should_ignore_unknown_formats(false)
             .with_keyword("x-unique-by", unique_by_factory)
             .build(schema)
             .map(|validator| Schema { validator })
@@ -71,28 +73,45 @@ impl Schema {
         if self.validator.is_valid(instance) {
             return Vec::new();
         }
-        self.validator
+        let mut details: Vec<Detail> = self
+            .validator
             .iter_errors(instance)
-            .take(MAX_DETAILS)
+            .take(MAX_DETAILS + 1)
             .map(|error| Detail {
                 pointer: error.instance_path.to_string(),
                 reason: keyword(&error.schema_path),
                 message: message(&error),
                 policy: None,
             })
-            .collect()
+            .collect();
+        if details.len() > MAX_DETAILS {
+            details.truncate(MAX_DETAILS);
+            details.push(Detail {
+                pointer: String::new(),
+                reason: "truncated".to_owned(),
+                message: format!("more violations than the {MAX_DETAILS} listed"),
+                policy: None,
+            });
+        }
+        details
     }
 }
 
 /// The violation in words. A message quotes the offending value (`2 is not one of
 /// [1,3,7]`); a long value (a whole grant list) is named `value` instead, so an answer or
-/// audit record does not echo the body back.
+/// audit record does not echo the body back. Some messages quote the body's keys even
+/// so (`additionalProperties` names every unexpected key): those are cut.
 fn message(error: &jsonschema::ValidationError) -> String {
     const QUOTED_UP_TO: usize = 200;
     let message = error.to_string();
-    match message.len() <= QUOTED_UP_TO {
-        true => message,
-        false => error.masked().to_string(),
+    if message.len() <= QUOTED_UP_TO {
+        return message;
+    }
+    let masked = error.masked().to_string();
+    let quoted = at_most_chars(&masked, QUOTED_UP_TO);
+    match quoted.len() == masked.len() {
+        true => masked,
+        false => format!("{quoted}…"),
     }
 }
 
@@ -244,46 +263,69 @@ fn unique_by_factory<'a>(
 }
 
 impl UniqueBy {
-    /// Index of the first item whose property repeats an earlier item's.
-    fn first_repeat(&self, instance: &Value) -> Option<usize> {
-        let items = instance.as_array()?;
+    /// Indices of the items whose property repeats an earlier item's.
+    fn repeats(&self, instance: &Value) -> Vec<usize> {
+        let Some(items) = instance.as_array() else {
+            return Vec::new();
+        };
         let mut seen = HashSet::with_capacity(items.len());
-        items.iter().position(|item| {
-            item.get(&self.property).is_some_and(|v| {
-                // Strings (the usual ids) as they are; anything else by its JSON text,
-                // so that "1" and 1 stay different.
-                let key = match v {
-                    Value::String(text) => (true, Cow::Borrowed(text.as_str())),
-                    other => (false, Cow::Owned(other.to_string())),
-                };
-                !seen.insert(key)
+        (0..items.len())
+            .filter(|&index| {
+                items[index].get(&self.property).is_some_and(|v| {
+                    // Strings (the usual ids) as they are; anything else by its JSON text,
+                    // so that "1" and 1 stay different.
+                    let key = match v {
+                        Value::String(text) => (true, Cow::Borrowed(text.as_str())),
+                        other => (false, Cow::Owned(other.to_string())),
+                    };
+                    !seen.insert(key)
+                })
             })
-        })
+            .collect()
     }
 }
 
 impl Keyword for UniqueBy {
+    /// One violation, at the first repeat, whose message names every repeat: a keyword
+    /// of jsonschema's reports one error.
     fn validate<'i>(
         &self,
         instance: &'i Value,
         location: &LazyLocation,
     ) -> Result<(), ValidationError<'i>> {
-        match self.first_repeat(instance) {
-            None => Ok(()),
-            Some(index) => {
-                let at = Location::from(location).join(index);
-                Err(ValidationError::custom(
-                    Location::new().join("x-unique-by"),
-                    at,
-                    instance,
-                    format!("two items have the same {}", self.property),
-                ))
+        let repeats = self.repeats(instance);
+        let Some(&first) = repeats.first() else {
+            return Ok(());
+        };
+        let property = &self.property;
+        let message = match repeats.len() {
+            1 => format!("two items have the same {property}"),
+            n => {
+                const NAMED_UP_TO: usize = 10;
+                let mut named: Vec<String> = repeats
+                    .iter()
+                    .take(NAMED_UP_TO)
+                    .map(usize::to_string)
+                    .collect();
+                if n > NAMED_UP_TO {
+                    named.push("…".to_owned());
+                }
+                format!(
+                    "{n} items repeat an earlier item's {property}: items {}",
+                    named.join(", ")
+                )
             }
-        }
+        };
+        Err(ValidationError::custom(
+            Location::new().join("x-unique-by"),
+            Location::from(location).join(first),
+            instance,
+            message,
+        ))
     }
 
     fn is_valid(&self, instance: &Value) -> bool {
-        self.first_repeat(instance).is_none()
+        self.repeats(instance).is_empty()
     }
 }
 
@@ -377,6 +419,32 @@ mod tests {
         assert!(details[0].message.len() < 200, "{}", details[0].message);
         let short = grants.validate(&json!([{"user_id": USER, "user_name": "u", "auth": 2}]));
         assert!(short[0].message.starts_with('2'), "{}", short[0].message);
+
+        // additionalProperties names the unexpected keys even in its masked message.
+        let mut grant = json!({"user_id": USER, "user_name": "u", "auth": 1});
+        grant["k".repeat(20_000)] = json!(1);
+        let details = grants.validate(&json!([grant]));
+        assert_eq!(details[0].reason, "additionalProperties");
+        assert!(
+            details[0].message.chars().count() <= 201,
+            "{}",
+            details[0].message
+        );
+    }
+
+    #[test]
+    fn an_answer_says_when_violations_were_left_out() {
+        let grants = schema("create_user_repository_auth");
+        let bad = json!({"user_id": "x", "user_name": "", "auth": 2});
+        let details = grants.validate(&Value::Array(vec![bad; 40]));
+        assert_eq!(details.len(), MAX_DETAILS + 1);
+        let last = details.last().unwrap();
+        assert_eq!(
+            (last.pointer.as_str(), last.reason.as_str()),
+            ("", "truncated")
+        );
+        let few = grants.validate(&json!([{"user_id": "x", "user_name": "u", "auth": 1}]));
+        assert!(few.iter().all(|d| d.reason != "truncated"), "{few:?}");
     }
 
     #[test]
@@ -390,6 +458,31 @@ mod tests {
         assert_eq!(twice.len(), 1, "{twice:?}");
         assert_eq!(twice[0].pointer, "/1");
         assert_eq!(twice[0].reason, "x-unique-by");
+
+        let other = "0".repeat(32);
+        let grant = |user: &str, auth: u8| json!({"user_id": user, "user_name": "a", "auth": auth});
+        let thrice = grants.validate(&json!([
+            grant(USER, 1),
+            grant(USER, 3),
+            grant(USER, 7),
+            grant(&other, 1),
+            grant(&other, 1)
+        ]));
+        assert_eq!(thrice.len(), 1, "{thrice:?}");
+        assert_eq!(thrice[0].pointer, "/1");
+        assert!(
+            thrice[0].message.ends_with("items 1, 2, 4"),
+            "{}",
+            thrice[0].message
+        );
+    }
+
+    #[test]
+    fn an_unknown_format_is_a_load_error() {
+        let error = Schema::load(r#"{"type": "string", "format": "datetime"}"#)
+            .err()
+            .unwrap();
+        assert!(error.contains("datetime"), "{error}");
     }
 
     #[test]
@@ -397,12 +490,12 @@ mod tests {
         let unique = UniqueBy {
             property: "id".into(),
         };
-        assert_eq!(unique.first_repeat(&json!([{"id": "1"}, {"id": 1}])), None);
-        assert_eq!(unique.first_repeat(&json!([{"id": 1}, {"id": 1}])), Some(1));
         assert_eq!(
-            unique.first_repeat(&json!([{"id": "a"}, {}, {"id": "a"}])),
-            Some(2)
+            unique.repeats(&json!([{"id": "1"}, {"id": 1}])),
+            [0usize; 0]
         );
+        assert_eq!(unique.repeats(&json!([{"id": 1}, {"id": 1}])), [1]);
+        assert_eq!(unique.repeats(&json!([{"id": "a"}, {}, {"id": "a"}])), [2]);
     }
 
     #[test]
@@ -411,6 +504,7 @@ mod tests {
         for ok in [
             json!({"permit": "read", "deadline": "forever"}),
             json!({"permit": "read", "deadline": "2026-12-31T16:00:00.000Z", "description": "partner"}),
+            json!({"permit": "read", "deadline": "forever", "description": "für 合作伙伴 🚀"}),
         ] {
             assert!(sharing.validate(&ok).is_empty(), "{ok}");
         }
@@ -422,6 +516,10 @@ mod tests {
             json!({"permit": "read"}),
             json!({"permit": "read", "deadline": "forever", "description": "x".repeat(513)}),
             json!({"permit": "read", "deadline": "forever", "owner": "me"}),
+            json!({"permit": "read", "deadline": "forever", "description": "a\u{9b}b"}),
+            json!({"permit": "read", "deadline": "forever", "description": "a\u{2028}b"}),
+            json!({"permit": "read", "deadline": "forever", "description": "a\u{202e}b"}),
+            json!({"permit": "read", "deadline": "forever", "description": "a\u{2067}b"}),
         ] {
             assert!(!sharing.validate(&bad).is_empty(), "{bad}");
         }
