@@ -725,6 +725,7 @@ impl Exchange {
 
     /// Keep what the body says in the record's terms: grants or a sharing.
     fn describe(&mut self, document: &Value) {
+        const SHARING_FIELDS: [&str; 3] = ["permit", "deadline", "description"];
         match document {
             Value::Array(items) => {
                 self.grants = Some(
@@ -739,7 +740,9 @@ impl Exchange {
                         .collect(),
                 )
             }
-            Value::Object(_) if document.get("permit").is_some() => {
+            // Any one of its fields: a refused body missing `permit` still records the
+            // deadline it asked for.
+            Value::Object(fields) if SHARING_FIELDS.iter().any(|f| fields.contains_key(*f)) => {
                 self.sharing = Some(audit::Sharing {
                     permit: sent(document, "permit"),
                     deadline: sent(document, "deadline"),

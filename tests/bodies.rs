@@ -107,6 +107,20 @@ fn duplicate_users_empty_lists_and_bad_sharing_fail_the_schema() {
         let answer = gate.json("PATCH", share, body);
         refused(&gate, &swr, answer, 400, "SWR.GATE.4000002");
     }
+
+    // The record keeps what a refused sharing asked for, also without its `permit`.
+    let answer = gate.json(
+        "PATCH",
+        share,
+        r#"{"deadline":"forever","description":"x"}"#,
+    );
+    refused(&gate, &swr, answer, 400, "SWR.GATE.4000002");
+    let records = gate.audit_records();
+    let sharing = &records.last().unwrap()["sharing"];
+    assert_eq!(
+        sharing,
+        &serde_json::json!({"permit": null, "deadline": "forever", "description": "x"})
+    );
 }
 
 #[test]
