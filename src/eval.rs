@@ -15,7 +15,7 @@ use crate::body;
 use crate::config::{Config, PolicyMode, Unmatched};
 use crate::error::GateError;
 use crate::policy::{self, Context, Decision, Query};
-use crate::route::{Resolved, Target};
+use crate::route::{Param, Resolved, Target};
 use crate::snapshot::Rules;
 
 /// What is being asked, by whom.
@@ -26,7 +26,8 @@ pub struct Trial {
     pub auth_method: AuthMethod,
     pub client_ip: IpAddr,
     pub asked: Asked,
-    pub body: Option<Body>,
+    /// The body's bytes as a client sends them, parsed strictly as `serve` does.
+    pub body: Option<Vec<u8>>,
     pub now: SystemTime,
 }
 
@@ -35,14 +36,6 @@ pub struct Trial {
 pub enum Asked {
     Path { method: String, path: String },
     Operation { operation: String, target: Target },
-}
-
-#[derive(Debug, Clone)]
-pub enum Body {
-    /// Bytes as a client sends them, parsed strictly.
-    Raw(Vec<u8>),
-    /// An already parsed document.
-    Document(Value),
 }
 
 /// How one request fared.
@@ -123,6 +116,15 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
                 .iter()
                 .position(|r| &r.operation == operation)
                 .ok_or_else(|| format!("routes.toml has no operation {operation:?}"))?;
+            // The names its path carries, no more and no fewer: a request for it has them.
+            for param in [Param::Namespace, Param::Repository, Param::AccessDomain] {
+                let carried = rules.routes.route(route).params().any(|p| p == param);
+                match (carried, target.get(param).is_some()) {
+                    (true, false) => return Err(format!("{operation} needs {}", param.name())),
+                    (false, true) => return Err(format!("{operation} takes no {}", param.name())),
+                    _ => {}
+                }
+            }
             // The names SWR's rules allow, as serve checks them in the path.
             let mut target = target.clone();
             if let Err(error) = target.validate() {
@@ -138,12 +140,11 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
         None => None,
         Some(route) => {
             let document = match &trial.body {
-                Some(Body::Document(value)) => Ok(value.clone()),
                 // As `serve` reads it: past `max_body_bytes` it is never parsed.
-                Some(Body::Raw(bytes)) if bytes.len() > config.server.max_body_bytes => {
+                Some(bytes) if bytes.len() > config.server.max_body_bytes => {
                     Err(body::too_large(config.server.max_body_bytes))
                 }
-                Some(Body::Raw(bytes)) => body::parse_strict(bytes),
+                Some(bytes) => body::parse_strict(bytes),
                 None => body::parse_strict(b""),
             };
             let document = match document {
@@ -318,10 +319,24 @@ fn answer_line(error: &GateError) -> String {
 }
 
 /// Load the config and what decides requests, never the secrets or certificates.
+/// The config and rules as `serve` would load them: a config `serve` refuses (a client id
+/// twice, say) is refused here too, so that a green `policy test` means a gateway that
+/// starts. The clients' secrets are not read: deciding needs only their groups.
 fn load(config_path: &Path) -> Result<(Config, Rules), String> {
     let config = Config::load(config_path).map_err(|problems| problems.join("\n"))?;
-    let rules = Rules::load(&config).map_err(|problems| problems.join("\n"))?;
-    Ok((config, rules))
+    let mut problems: Vec<String> = config
+        .problems()
+        .into_iter()
+        .map(|problem| config.locate(problem))
+        .collect();
+    match Rules::load(&config) {
+        Ok(rules) if problems.is_empty() => Ok((config, rules)),
+        Ok(_) => Err(problems.join("\n")),
+        Err(more) => {
+            problems.extend(more);
+            Err(problems.join("\n"))
+        }
+    }
 }
 
 /// The groups of a configured client (`anonymous`: none, when anonymous access is on).
@@ -376,10 +391,10 @@ pub fn eval(args: &EvalArgs) -> Result<(String, bool), String> {
         )
     })?;
     let body = match &args.body {
-        Some(path) => Some(Body::Raw(
+        Some(path) => Some(
             read_body(path, config.server.max_body_bytes)
                 .map_err(|e| format!("{}: {e}", path.display()))?,
-        )),
+        ),
         None => None,
     };
     let anonymous = args.client == "anonymous";
@@ -598,10 +613,10 @@ fn trial_of(config: &Config, file_now: Option<&str>, case: &Case) -> Result<Tria
     };
     let body = match &case.body {
         None => None,
-        Some(toml::Value::String(json)) => Some(Body::Raw(json.clone().into_bytes())),
-        Some(value) => Some(Body::Document(
-            serde_json::to_value(value).map_err(|e| format!("body: {e}"))?,
-        )),
+        Some(toml::Value::String(json)) => Some(json.clone().into_bytes()),
+        // Written out as JSON and read back as `serve` reads a body, so that `auth = 7.0`
+        // is the 7 it is for a client.
+        Some(value) => Some(serde_json::to_vec(value).map_err(|e| format!("body: {e}"))?),
     };
     Ok(Trial {
         client: case.client.clone(),

@@ -33,7 +33,7 @@ impl Param {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Param::Namespace => "namespace",
             Param::Repository => "repository",
@@ -148,6 +148,14 @@ impl Route {
         })
     }
 
+    /// The names this route's path carries, in order: what every request for it names.
+    pub fn params(&self) -> impl Iterator<Item = Param> + '_ {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::Param(param) => Some(*param),
+            Segment::Literal(_) => None,
+        })
+    }
+
     /// Do decoded segments match the template? Literals compare case-insensitively so
     /// that a case variant of a guarded path is still that guarded path, never "unmatched".
     fn matches(&self, segments: &[Decoded]) -> bool {
@@ -235,6 +243,14 @@ pub struct Target {
 }
 
 impl Target {
+    pub fn get(&self, param: Param) -> Option<&str> {
+        match param {
+            Param::Namespace => self.namespace.as_deref(),
+            Param::Repository => self.repository.as_deref(),
+            Param::AccessDomain => self.access_domain.as_deref(),
+        }
+    }
+
     fn set(&mut self, param: Param, segment: &Decoded) {
         let value = Some(segment.text.clone());
         match param {

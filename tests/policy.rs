@@ -450,6 +450,28 @@ fn the_shipped_policy_cases_pass_and_a_wrong_expectation_fails() {
         output.contains("refused before the policy: 400 SWR.GATE.4000002"),
         "{output}"
     );
+    // Nor can a grant be about no repository, as no request for it can.
+    std::fs::write(&wrong, case.replace("repository = \"app\"\n", "")).unwrap();
+    let (code, output) = policy_command(&["policy", "test", wrong.to_str().unwrap()], &config);
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("create_user_repository_auth needs repository"),
+        "{output}"
+    );
+    // A TOML float that is a whole number is that number, as it is in a client's JSON.
+    std::fs::write(&wrong, case.replace("auth = 1", "auth = 1.0")).unwrap();
+    let (code, output) = policy_command(&["policy", "test", wrong.to_str().unwrap()], &config);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("got deny by no policy"), "{output}");
+
+    // A config serve would refuse is refused here too, not tested on a guess.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let client = &text[text.find("[[clients]]").unwrap()..];
+    let client = &client[..client[1..].find("[[").map_or(client.len(), |end| end + 1)];
+    std::fs::write(&config, format!("{text}\n{client}")).unwrap();
+    let (code, output) = policy_command(&["policy", "test"], &config);
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("appears twice"), "{output}");
 }
 
 #[test]
