@@ -395,6 +395,10 @@ impl Read {
                         continue;
                     }
                 };
+                if let Some(why) = unusable_id(&id) {
+                    problems.push(source.at(Some(offset), &format!("@id({id:?}) {why}"), None));
+                    continue;
+                }
                 if let Some(first) = about.get(&id) {
                     let file = &files[first.file];
                     let line = file.line_of(first.offset);
@@ -568,4 +572,19 @@ fn dedup_key(diagnostic: &dyn Diagnostic, rendered: &str) -> String {
             .map(|h| h.to_string())
             .unwrap_or_else(|| diagnostic.to_string())
     )
+}
+
+/// Why an @id cannot name a policy in denials and audit records, which list ids joined by
+/// ", " and mark shadow matches `shadow:<id>`: an id that reads as two, or as a shadow
+/// match, would make a record say another policy decided.
+fn unusable_id(id: &str) -> Option<&'static str> {
+    if id.starts_with(super::SHADOW_MARKER) {
+        Some("starts with \"shadow:\", which marks shadow matches in audit records")
+    } else if id.contains(',') || id.chars().any(char::is_control) {
+        Some("holds a comma or a control character: denials list ids separated by commas")
+    } else if id.trim() != id {
+        Some("starts or ends with white space")
+    } else {
+        None
+    }
 }

@@ -903,6 +903,12 @@ mod tests {
             problems,
             ["b.cedar:2: @id(\"same\") is already used at a.cedar:1"]
         );
+        for id in ["shadow:same", "a, b", "a\\nb", " a"] {
+            let text = format!("@id(\"{id}\")\nforbid (principal, action, resource);\n");
+            let problems = load(&[("a.cedar", first), ("c.cedar", &text)]).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with("c.cedar:1: @id("), "{problems:?}");
+        }
         // A policy refused for its @id is still checked: one problem hides no other.
         let second = "\n@id(\"same\")\nforbid (principal, action, resource)\nwhen { context.max_auht <= 3 };\n";
         let problems = load(&[("a.cedar", first), ("b.cedar", second)]).unwrap_err();
