@@ -326,3 +326,9 @@ pub fn at_most_chars(text: &str, limit: usize) -> &str {
         None => text,
     }
 }
+
+/// A wait as `Retry-After` seconds: rounded up, at least 1, so that a client that waits
+/// what it is told is not refused again for the fraction left.
+pub fn retry_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}

@@ -304,7 +304,7 @@ async fn authenticate(
             ErrorKind::TooManyAuthFailures,
             "too many failed authentications from this address",
         )
-        .with_retry_after(wait.as_secs().max(1))),
+        .with_retry_after(crate::error::retry_seconds(wait))),
         None => Ok(()),
     };
     brake()?;

@@ -214,7 +214,7 @@ impl RateLimits {
                 Err(Refusal::Exhausted(wait)) => {
                     // At most one cell's time, whatever a shared store answered.
                     let wait = wait.min(limit.spec.interval());
-                    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                    let seconds = crate::error::retry_seconds(wait);
                     return Err(GateError::new(
                         ErrorKind::RateLimited,
                         format!(
