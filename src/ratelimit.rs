@@ -382,15 +382,16 @@ return {1, math.floor((window - (new_tat - now)) / interval)}
             interval_us: u64,
             capacity: u32,
         ) -> Result<Outcome, String> {
-            let mut connection = self.link.connection().await?;
+            // A second try after a dropped connection may charge a cell twice, when the
+            // first had run before the connection broke: a limit errs on the strict side.
             let (allowed, value): (i64, i64) = self
-                .script
-                .key(key)
-                .arg(interval_us)
-                .arg(capacity)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| e.to_string())?;
+                .link
+                .call(|mut connection, _| {
+                    let mut invocation = self.script.key(key);
+                    invocation.arg(interval_us).arg(capacity);
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
+                .await?;
             Ok(if allowed == 1 {
                 Outcome::Allowed {
                     remaining: u32::try_from(value).unwrap_or(0),

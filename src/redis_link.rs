@@ -2,9 +2,11 @@
 //! replay guard keep their state there, so every replica sees the same counts and the
 //! same used signatures.
 
+use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::RedisResult;
 use tokio::sync::Mutex;
 
 /// How long one call may take before Redis counts as unreachable.
@@ -40,6 +42,26 @@ impl RedisLink {
             .map_err(|e| e.to_string())?;
         *slot = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// Make one call, and make it again once when the connection it went out on had
+    /// been dropped (Redis restarted, or closed it as idle): the manager only finds that
+    /// out from a call failing on it, and reconnects as it does, so without the second
+    /// try the first request after every idle spell or failover would be refused.
+    /// `call` learns whether it is the second try: a call that may have been carried
+    /// out before the connection broke has to tell its own earlier write from another's.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, String>
+    where
+        F: FnMut(ConnectionManager, bool) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let connection = self.connection().await?;
+        match call(connection.clone(), false).await {
+            Err(error) if error.is_connection_dropped() || error.is_unrecoverable_error() => {
+                call(connection, true).await.map_err(|e| e.to_string())
+            }
+            outcome => outcome.map_err(|e| e.to_string()),
+        }
     }
 }
 

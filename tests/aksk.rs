@@ -377,6 +377,22 @@ fn replicas_sharing_a_redis_accept_a_signature_once_between_them() {
     );
     assert_eq!(swr.received().len(), 1);
 
+    // A connection Redis dropped (idle timeout, failover) is replaced, not a 503.
+    assert_eq!(
+        redis
+            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .get(..1),
+        Some(":")
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let after_drop = signed("POST", CREATE, bytes, SK, now() + 2);
+    assert_eq!(send(&one, "POST", CREATE, &after_drop, bytes).status, 201);
+    assert_eq!(
+        send(&three, "POST", CREATE, &after_drop, bytes).code(),
+        "SWR.GATE.4010005"
+    );
+    assert_eq!(swr.received().len(), 2);
+
     redis.stop();
     let fresh = signed("POST", CREATE, bytes, SK, now() + 1);
     let answer = send(&one, "POST", CREATE, &fresh, bytes);
@@ -385,7 +401,7 @@ fn replicas_sharing_a_redis_accept_a_signature_once_between_them() {
         (503, "SWR.GATE.5030005")
     );
     assert_eq!(answer.header("retry-after"), Some("1"));
-    assert_eq!(swr.received().len(), 1);
+    assert_eq!(swr.received().len(), 2);
 }
 
 #[test]

@@ -157,3 +157,33 @@ fn redis_down_fails_open_or_closed_as_configured_and_says_so() {
         "the skipped limit is in the audit record: {note}"
     );
 }
+
+/// Redis closes idle connections (its `timeout`), restarts and fails over: the next
+/// check is made on a new connection, not refused.
+#[test]
+fn a_dropped_redis_connection_is_replaced_without_refusing_a_request() {
+    let redis = RedisServer::start();
+    let swr = StandInSwr::start();
+    let backend = format!(
+        "backend = \"redis\"\nredis_url = \"{}\"\non_redis_error = \"reject\"",
+        redis.url()
+    );
+    let gate = Gateway::start_with(
+        &swr.url(),
+        &limit("shared", "client", "[\"*\"]", 100, &backend),
+        |_| {},
+    );
+    for _ in 0..3 {
+        assert_eq!(gate.json("POST", CREATE, &grants(1)).status, 201);
+        assert_eq!(redis.command(&["CLIENT", "KILL", "TYPE", "normal"]), ":1");
+        // The kill reaches the gateway's side of the connection.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answer = gate.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code()),
+        (201, String::new()),
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+}

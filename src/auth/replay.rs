@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use crate::crypto::hex;
+use crate::crypto::{hex, random_bytes};
 use crate::error::{ErrorKind, GateError};
 use crate::redis_link::{self, RedisLink};
 
@@ -130,21 +130,33 @@ const SHARED_MARGIN_SECS: u64 = 60;
 async fn first_use_shared(link: &RedisLink, used: &SignatureUse) -> Result<(), GateError> {
     let key = format!("swr-gate:replay:{}", hex(&fingerprint(&used.signature)));
     let ttl_ms = (used.expires_at.saturating_sub(used.now) + 1 + SHARED_MARGIN_SECS) * 1000;
-    let spend = async {
-        let mut connection = link.connection().await?;
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async::<Option<String>>(&mut connection)
-            .await
-            .map_err(|error| error.to_string())
-    };
+    // Which replica spent it, so that a second try after a dropped connection knows its
+    // own first SET, which may have landed, from another replica's.
+    let spender = hex(&random_bytes::<16>());
+    let spend = link.call(|mut connection, again| {
+        let (key, spender) = (key.clone(), spender.clone());
+        async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&spender)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut connection)
+                .await?;
+            if set.is_some() || !again {
+                return Ok(set.is_some());
+            }
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await?;
+            Ok(holder.as_deref() == Some(spender.as_str()))
+        }
+    });
     match tokio::time::timeout(redis_link::TIMEOUT, spend).await {
-        Ok(Ok(Some(_))) => Ok(()),
-        Ok(Ok(None)) => Err(replayed()),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(replayed()),
         Ok(Err(error)) => Err(unavailable(&error)),
         Err(_) => Err(unavailable("Redis did not answer in time")),
     }
