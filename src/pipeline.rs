@@ -80,7 +80,10 @@ pub async fn handle(
         .await;
     let mut response = match outcome {
         Ok(response) => response,
-        Err(error) => exchange.refuse(error),
+        Err(error) => {
+            give_back_signature(&gate, exchange, &error).await;
+            exchange.refuse(error)
+        }
     };
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         response.headers_mut().insert("x-request-id", id);
@@ -108,6 +111,18 @@ pub async fn handle(
     });
     gate.metrics.observe(&observation);
     response
+}
+
+/// A request refused with 429 or 503 before it left for SWR is to be sent again as it
+/// is, which the SDKs' own retry does, signature and all: that copy is no replay.
+async fn give_back_signature(gate: &Gate, exchange: &mut Exchange, refusal: &GateError) {
+    let retry_invited = matches!(refusal.kind.status().as_u16(), 429 | 503);
+    if !retry_invited || exchange.forwarded_at.is_some() {
+        return;
+    }
+    if let Some(spent) = exchange.spent.take() {
+        gate.replay.forget(&spent).await;
+    }
 }
 
 /// The answer to a message that is not a request hyper could read (a malformed head, or
@@ -339,7 +354,7 @@ async fn authenticate(
     if let Some(signature) = &authenticated.signature {
         // The signature is good: a replay's record names whose it is.
         exchange.identity = Some(authenticated.identity.clone());
-        gate.replay.first_use(signature).await?;
+        exchange.spent = Some(gate.replay.first_use(signature).await?);
     }
     Ok(authenticated.identity)
 }
@@ -654,6 +669,9 @@ struct Exchange {
     forwarded_at: Option<Instant>,
     /// The tightest rate limit that applied: (requests per period, remaining).
     rate_limit: Option<(u32, u32)>,
+    /// The AK/SK signature this request spent, given back if it is refused with an
+    /// answer that asks for it again.
+    spent: Option<auth::Spent>,
     /// Things the audit record should say beyond the outcome.
     notes: Vec<audit::Reason>,
 }
@@ -707,6 +725,7 @@ impl Exchange {
             upstream_ms: None,
             forwarded_at: None,
             rate_limit: None,
+            spent: None,
             notes: Vec::new(),
         }
     }

@@ -404,6 +404,41 @@ fn replicas_sharing_a_redis_accept_a_signature_once_between_them() {
     assert_eq!(swr.received().len(), 2);
 }
 
+/// A request refused with 429 before it reached SWR is sent again as it was signed (the
+/// SDKs' own retry honours Retry-After): that copy is no replay, whichever store keeps
+/// the signatures. Once it went through, it is.
+#[test]
+fn a_signed_request_refused_by_a_rate_limit_may_be_sent_again() {
+    let swr = StandInSwr::start();
+    let redis = RedisServer::start();
+    std::env::set_var("SWR_GATE_TEST_RETRY_REDIS", redis.url());
+    let limit = "[[rate_limits]]\nid = \"slow\"\nkey = \"client\"\noperations = [\"*\"]\nrate = 1\nper = \"1s\"\nburst = 1\n\n";
+    for store in [
+        "",
+        "[auth]\nreplay_redis_url_env = \"SWR_GATE_TEST_RETRY_REDIS\"\n\n",
+    ] {
+        let gate = aksk_gateway_with(&swr, &format!("{store}{limit}[[clients]]"));
+        let body = grants(1);
+        let bytes = body.as_bytes();
+        let first = signed("POST", CREATE, bytes, SK, now());
+        assert_eq!(send(&gate, "POST", CREATE, &first, bytes).status, 201);
+        let second = signed("POST", CREATE, bytes, SK, now() + 1);
+        let refused = send(&gate, "POST", CREATE, &second, bytes);
+        assert_eq!(refused.status, 429, "{store}");
+        let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(wait));
+        assert_eq!(
+            send(&gate, "POST", CREATE, &second, bytes).status,
+            201,
+            "{store}"
+        );
+        assert_eq!(
+            send(&gate, "POST", CREATE, &second, bytes).code(),
+            "SWR.GATE.4010005"
+        );
+    }
+}
+
 #[test]
 fn a_secret_key_file_rotated_in_place_takes_effect_without_a_signal() {
     let swr = StandInSwr::start();

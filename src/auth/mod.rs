@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use certificate::{PeerCertificate, San};
 pub use failures::{address_block, FailureLimiter};
-pub use replay::{ReplayGuard, SignatureUse};
+pub use replay::{ReplayGuard, SignatureUse, Spent};
 
 use crate::config::Config;
 use crate::crypto::{constant_time_eq, parse_hex32, sha256};

@@ -63,10 +63,46 @@ impl ReplayGuard {
 
     /// Spend `used`; refuse it if it was spent before. A shared store that cannot be
     /// asked refuses it too (503): a replay must not pass for want of an answer.
-    pub async fn first_use(&self, used: &SignatureUse) -> Result<(), GateError> {
+    pub async fn first_use(&self, used: &SignatureUse) -> Result<Spent, GateError> {
+        let mut spent = Spent {
+            fingerprint: fingerprint(&used.signature),
+            client: used.client.clone(),
+            spender: None,
+        };
         match &self.shared {
-            Some(link) => first_use_shared(link, used).await,
-            None => self.first_use_here(used),
+            Some(link) => spent.spender = Some(first_use_shared(link, used).await?),
+            None => self.first_use_here(used)?,
+        }
+        Ok(spent)
+    }
+
+    /// Give a spent signature back: its request was refused with an answer that asks
+    /// for the same request again (429, 503) before anything reached SWR, and a client
+    /// (the SDKs' own retry) resends it as it was signed. Best effort: a signature that
+    /// stays spent only costs that retry a 401.
+    pub async fn forget(&self, spent: &Spent) {
+        let Some(spender) = &spent.spender else {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if seen.signatures.remove(&spent.fingerprint) {
+                let number = seen.number_of(&spent.client) as usize;
+                seen.remembered[number] -= 1;
+            }
+            return;
+        };
+        let Some(link) = &self.shared else {
+            return;
+        };
+        // Only the SET this request made: another replica's spending stays.
+        let forget = link.call(|mut connection, _| {
+            let mut invocation = FORGET.key(shared_key(&spent.fingerprint));
+            invocation.arg(spender);
+            async move { invocation.invoke_async::<i64>(&mut connection).await }
+        });
+        if let Ok(Err(error)) = tokio::time::timeout(redis_link::TIMEOUT, forget).await {
+            tracing::debug!(%error, "a spent signature could not be given back");
         }
     }
 
@@ -105,8 +141,10 @@ impl Seen {
                 break;
             }
             self.expiries.pop();
-            self.signatures.remove(&fingerprint);
-            self.remembered[client as usize] -= 1;
+            // A signature given back ([`ReplayGuard::forget`]) left already.
+            if self.signatures.remove(&fingerprint) {
+                self.remembered[client as usize] -= 1;
+            }
         }
     }
 
@@ -125,10 +163,31 @@ impl Seen {
 /// end is counted in, and replicas whose clocks run behind the one that spent it.
 const SHARED_MARGIN_SECS: u64 = 60;
 
+/// A signature this gateway spent, to give back with [`ReplayGuard::forget`].
+#[derive(Debug)]
+pub struct Spent {
+    fingerprint: Fingerprint,
+    client: String,
+    /// The value this gateway's SET wrote, when the store is Redis.
+    spender: Option<String>,
+}
+
+/// Deletes a spent signature's key only when it holds this spender's value.
+static FORGET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
+
+fn shared_key(fingerprint: &Fingerprint) -> String {
+    format!("swr-gate:replay:{}", hex(fingerprint))
+}
+
 /// `SET NX` with the signature's remaining time: the one replica whose SET lands
-/// spends it, and Redis forgets it when no replica could accept it any more.
-async fn first_use_shared(link: &RedisLink, used: &SignatureUse) -> Result<(), GateError> {
-    let key = format!("swr-gate:replay:{}", hex(&fingerprint(&used.signature)));
+/// spends it, and Redis forgets it when no replica could accept it any more. The value
+/// written, which tells this spending from another's.
+async fn first_use_shared(link: &RedisLink, used: &SignatureUse) -> Result<String, GateError> {
+    let key = shared_key(&fingerprint(&used.signature));
     let ttl_ms = (used.expires_at.saturating_sub(used.now) + 1 + SHARED_MARGIN_SECS) * 1000;
     // Which replica spent it, so that a second try after a dropped connection knows its
     // own first SET, which may have landed, from another replica's.
@@ -155,7 +214,7 @@ async fn first_use_shared(link: &RedisLink, used: &SignatureUse) -> Result<(), G
         }
     });
     match tokio::time::timeout(redis_link::TIMEOUT, spend).await {
-        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(true)) => Ok(spender),
         Ok(Ok(false)) => Err(replayed()),
         Ok(Err(error)) => Err(unavailable(&error)),
         Err(_) => Err(unavailable("Redis did not answer in time")),
@@ -201,6 +260,22 @@ mod tests {
             expires_at,
             now,
         }
+    }
+
+    #[tokio::test]
+    async fn a_signature_given_back_may_be_spent_once_more() {
+        let guard = ReplayGuard::new(None);
+        let spent = guard.first_use(&spend("a", 1, 1, 100, 10)).await.unwrap();
+        guard.forget(&spent).await;
+        guard.forget(&spent).await;
+        let again = guard.first_use(&spend("a", 1, 1, 100, 20)).await;
+        assert!(again.is_ok());
+        let replay = guard.first_use(&spend("a", 1, 1, 100, 30)).await;
+        assert_eq!(replay.unwrap_err().kind, ErrorKind::Replay);
+        // Its two expiries leave without counting it twice.
+        guard.first_use_here(&spend("a", 1, 2, 1000, 200)).unwrap();
+        let seen = guard.seen.lock().unwrap();
+        assert_eq!((seen.signatures.len(), seen.remembered[0]), (1, 1));
     }
 
     #[test]
