@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use x509_parser::der_parser::oid::Oid;
 use x509_parser::extensions::GeneralName;
 use x509_parser::objects::{oid2abbrev, oid_registry};
 use x509_parser::x509::X509Name;
@@ -116,7 +117,7 @@ pub fn configured_subject(text: &str) -> Result<String, String> {
             ));
         }
         let value = unescape(value.trim_start_matches(' '), text)?;
-        push_attribute(&mut subject, kind, &value);
+        push_attribute(&mut subject, &certificate_kind(kind), &value);
         match separator {
             Some(separator) => {
                 subject.push(separator);
@@ -125,6 +126,22 @@ pub fn configured_subject(text: &str) -> Result<String, String> {
             None => return Ok(subject),
         }
     }
+}
+
+/// The name a certificate's attribute type goes by in [`certificate_subject`], for a type
+/// written as that name, its long name (`commonName`) or its OID (`2.5.4.3`): RFC 4514
+/// readers take all three, and each must match.
+fn certificate_kind(kind: &str) -> String {
+    let registry = oid_registry();
+    let oid = match kind.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        true => kind.parse::<Oid>().ok(),
+        false => registry
+            .iter()
+            .find(|(_, entry)| entry.sn().eq_ignore_ascii_case(kind))
+            .map(|(oid, _)| oid.clone()),
+    };
+    oid.and_then(|oid| oid2abbrev(&oid, registry).ok().map(str::to_owned))
+        .unwrap_or_else(|| kind.to_owned())
 }
 
 /// `TYPE=value`, with the type in upper case (`emailAddress` as x509's `EMAIL`) and the
@@ -241,6 +258,10 @@ mod tests {
             (r"CN=ops-admin\ ", r"CN=ops-admin\ "),
             ("CN=a+UID=b", "CN=a+UID=b"),
             ("emailAddress=a@b.example", "EMAIL=a@b.example"),
+            ("commonName=ops-admin", "CN=ops-admin"),
+            ("2.5.4.3=ops-admin", "CN=ops-admin"),
+            ("organizationName=Acme+2.5.4.11=Ops", "O=Acme+OU=Ops"),
+            ("1.2.3.4=x", "1.2.3.4=x"),
             (r"CN=caf\C3\A9", "CN=café"),
             (r"CN=a\\ ,O=x", r"CN=a\\,O=x"),
             (r"O=R\+D", r"O=R\+D"),
