@@ -635,6 +635,14 @@ fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Tok
         headers.insert("x-forwarded-for", value);
     }
     headers.insert("x-auth-token", token.header_value());
+    // A guarded operation's body is the gateway's own encoding of the validated
+    // document, whatever the client's header said of its own (or its `Connection` took).
+    if exchange.operation.is_some() {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        );
+    }
     headers
 }
 

@@ -243,19 +243,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// `Expect`, which the gateway has already answered for the client (hyper sends the
 /// `100 Continue` when the body is first read).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
     matches!(
-        name.as_str(),
-        "connection"
-            | "expect"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+        name,
+        "connection" | "expect" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
 }
 
 /// The headers a `Connection` header names: hop-by-hop for this message too.
@@ -276,7 +268,13 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// request's real path or its prefix (`X-Original-URL`, `X-Forwarded-Prefix`): SWR must
 /// act on the path that was checked.
 fn is_client_credential(name: &HeaderName) -> bool {
-    let name = name.as_str();
+    // `X_Auth_Token` too: CGI-style servers and some front ends read `_` as `-`.
+    let dashed;
+    let mut name = name.as_str();
+    if name.contains('_') {
+        dashed = name.replace('_', "-");
+        name = &dashed;
+    }
     matches!(
         name,
         "authorization"
@@ -593,6 +591,11 @@ impl std::error::Error for ClientBodyError {
 
 /// What the client may see of SWR's answer: everything but hop-by-hop headers.
 pub fn response_headers_for_client(headers: &mut HeaderMap) {
+    // A length beside chunked framing describes the message before it was decoded
+    // (RFC 9112 §6.3): passed on with the decoded body, it would cut the answer short.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let mut hop_by_hop = named_by_connection(headers);
     hop_by_hop.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
     for name in hop_by_hop {
@@ -623,6 +626,9 @@ mod tests {
             ("content-type", "application/json"),
             ("x-project-id", "p1"),
             ("x-forwarded-proto", "https"),
+            ("x_auth_token", "client-token"),
+            ("x_sdk_date", "20260101T000000Z"),
+            ("proxy-status", "x"),
         ] {
             headers.append(name, value.parse().unwrap());
         }
@@ -637,5 +643,23 @@ mod tests {
             names(true),
             ["content-type", "x-forwarded-proto", "x-project-id"]
         );
+    }
+
+    #[test]
+    fn swr_answers_lose_hop_by_hop_headers_and_a_length_beside_chunked() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-foo", "1"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("content-type", "application/json"),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+        response_headers_for_client(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
     }
 }

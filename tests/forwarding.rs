@@ -183,8 +183,11 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
             ("x-auth-token", "client-supplied-token"),
             ("x-security-token", "sts"),
             ("x-sdk-date", "20260101T000000Z"),
-            ("connection", "close, x-hop"),
+            ("connection", "close, x-hop, content-type"),
             ("x-hop", "1"),
+            ("x_auth_token", "client-supplied-token"),
+            ("x_sdk_date", "20260101T000000Z"),
+            ("proxy-status", "x"),
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-for", "5.5.5.5, 4.4.4.4"),
             ("x-real-ip", "7.7.7.7"),
@@ -224,9 +227,14 @@ fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
         "x-forwarded-prefix",
         "x-forwarded-host",
         "x-forwarded-proto",
+        "x_auth_token",
+        "x_sdk_date",
+        "proxy-status",
     ] {
         assert!(headers.get(name).is_none(), "{name} reached SWR");
     }
+    // The body SWR gets is the gateway's JSON, typed as such whatever Connection named.
+    assert_eq!(headers["content-type"], "application/json;charset=UTF-8");
     let forwarded_for: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
     assert_eq!(forwarded_for, ["6.6.6.6, 5.5.5.5, 4.4.4.4, 127.0.0.1"]);
 }
