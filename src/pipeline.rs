@@ -498,6 +498,16 @@ fn refuse_ambiguous_message(parts: &http::request::Parts) -> Result<(), GateErro
     if hosts > 1 {
         return refuse("the request has more than one Host header");
     }
+    // `Host` is a host and an optional port (RFC 9112 §3.2), nothing a front end or SWR
+    // could read another way (`a@evil`, `127.0.0.1/x y`); a signature is checked over it.
+    if let Some(host) = parts.headers.get(http::header::HOST) {
+        let bytes = host.as_bytes();
+        let readable = bytes.is_empty()
+            || (!bytes.contains(&b'@') && http::uri::Authority::try_from(bytes).is_ok());
+        if !readable {
+            return refuse("the Host header is not a host with an optional port");
+        }
+    }
     // An absolute-form target names its host itself (what hyper's own client sends).
     if hosts == 0 && parts.version == http::Version::HTTP_11 && parts.uri.authority().is_none() {
         return refuse("an HTTP/1.1 request needs a Host header");
@@ -621,17 +631,18 @@ fn upstream_headers(exchange: &Exchange, client_headers: &HeaderMap, token: &Tok
     }
     // Every X-Forwarded-For line the client sent, in order, as one list (RFC 9110 §5.3),
     // then the peer as policies see it (an IPv4 client of a dual-stack listener as IPv4).
+    // As bytes: a line that is not UTF-8 may still hold the entry the client's address
+    // was read from, and SWR is to get the account the gateway read.
     let peer = exchange.peer.ip().to_canonical().to_string();
     let forwarded_for = client_headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
+        .map(|v| v.as_bytes().trim_ascii())
         .filter(|v| !v.is_empty())
-        .chain([peer.as_str()])
+        .chain([peer.as_bytes()])
         .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        .join(b", ".as_slice());
+    if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
     headers.insert("x-auth-token", token.header_value());

@@ -357,8 +357,8 @@ fn an_answer_from_swr_that_ends_like_a_refusal_is_passed_on_whole() {
 }
 
 /// What hyper lets through but could be read two ways is refused in the contract's
-/// shape: a coding before `chunked` (the gateway's re-framing would drop it), a missing
-/// or repeated Host.
+/// shape: a coding before `chunked` (the gateway's re-framing would drop it), a missing,
+/// repeated or malformed Host.
 #[test]
 fn ambiguous_framing_and_hosts_are_refused() {
     let swr = StandInSwr::start();
@@ -379,6 +379,14 @@ fn ambiguous_framing_and_hosts_are_refused() {
         (&format!("content-length: {}\r\n", body.len()), &body),
         (
             &format!("host: a\r\nhost: b\r\ncontent-length: {}\r\n", body.len()),
+            &body,
+        ),
+        (
+            &format!("host: a@evil\r\ncontent-length: {}\r\n", body.len()),
+            &body,
+        ),
+        (
+            &format!("host: 127.0.0.1/x y\r\ncontent-length: {}\r\n", body.len()),
             &body,
         ),
     ] {

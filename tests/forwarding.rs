@@ -161,7 +161,25 @@ fn a_trusted_proxys_forwarded_for_names_the_client() {
         received.last().unwrap().headers["x-forwarded-proto"],
         "https"
     );
-    let forwarded = received.len();
+    // A line that is not UTF-8 reaches SWR too: it holds the entry the client was read from.
+    let body = grants(1);
+    let mut raw = format!(
+        "POST {CREATE} HTTP/1.1\r\nHost: gate\r\nX-Api-Key: {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nX-Forwarded-For: ",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(b"\xff, 198.51.100.9\r\n\r\n");
+    raw.extend_from_slice(body.as_bytes());
+    assert_eq!(gate.send_raw(&raw).status, 201);
+    assert_eq!(
+        gate.audit_records().last().unwrap()["client_ip"],
+        "198.51.100.9"
+    );
+    assert_eq!(
+        swr.received().last().unwrap().headers["x-forwarded-for"].as_bytes(),
+        b"\xff, 198.51.100.9, 127.0.0.1"
+    );
+    let forwarded = swr.received().len();
     let answer = send("198.51.100.7, unknown");
     assert_eq!(
         (answer.status, answer.code().as_str()),
