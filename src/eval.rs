@@ -107,7 +107,13 @@ pub fn run(config: &Config, rules: &Rules, trial: &Trial) -> Result<Outcome, Str
             }
         }
         Asked::Operation { operation, target } if operation == policy::FORWARD => {
-            (operation.clone(), None, target.clone())
+            // As serve asks: a forwarded request's context has no names.
+            if *target != Target::default() {
+                return Err(format!(
+                    "{operation} takes no namespace, repository or access_domain"
+                ));
+            }
+            (operation.clone(), None, Target::default())
         }
         Asked::Operation { operation, target } => {
             let route = rules

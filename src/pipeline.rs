@@ -273,7 +273,7 @@ async fn process(
             )
             .await
         }
-        Resolved::Unmatched { path_and_query } => {
+        Resolved::Unmatched { path_and_query, .. } => {
             decide(snapshot, exchange, policy::FORWARD, None)?;
             // A forward has no record before it goes, only after: under on_failure =
             // "reject" it does not go while the trail is known not to take records.
@@ -373,8 +373,15 @@ fn decide(
             "the policy was asked before authentication",
         ));
     };
+    // A forwarded request's context has no names (swr.cedarschema), also when its
+    // record has them.
+    let no_names = Target::default();
+    let target = match action == policy::FORWARD {
+        true => &no_names,
+        false => &exchange.target,
+    };
     let context = policy::Context::new(
-        &exchange.target,
+        target,
         body,
         exchange.client_ip,
         identity.method,
@@ -755,8 +762,10 @@ impl Exchange {
                 self.operation = Some(snapshot.routes.route(*route).operation.clone());
                 self.target = target.clone();
             }
-            Resolved::Unmatched { .. } => {
+            Resolved::Unmatched { target, .. } => {
                 self.forwarding = snapshot.config.upstream.unmatched == Unmatched::Forward;
+                // Recorded, so that a revocation is found by its repository like a grant.
+                self.target = target.clone();
             }
         }
     }

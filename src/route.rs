@@ -307,8 +307,13 @@ pub enum Resolved {
         target: Target,
         upstream_path: String,
     },
-    /// Not a guarded operation; `path_and_query` passed every safety check.
-    Unmatched { path_and_query: String },
+    /// Not a guarded operation; `path_and_query` passed every safety check. `target`:
+    /// the names of SWR's own show or delete on a guarded path (a sibling method),
+    /// checked as the guarded operation's are; none elsewhere.
+    Unmatched {
+        path_and_query: String,
+        target: Target,
+    },
 }
 
 /// The route table: data, so that guarding one more SWR operation is an entry and a schema.
@@ -379,6 +384,7 @@ impl RouteTable {
                 upstream_path,
             });
         }
+        let mut target = Target::default();
         let mut path_and_query = match guarded_path_of {
             Some(_) if !self.sibling_methods.contains(method) => {
                 return Err(self.method_refused(method, &decoded.segments));
@@ -388,7 +394,7 @@ impl RouteTable {
             // when the SDK sent `group%2Fapp`).
             Some(index) => {
                 let route = &self.routes[index];
-                let mut target = route.target(&decoded.segments);
+                target = route.target(&decoded.segments);
                 target.validate()?;
                 route.upstream_path(&target)
             }
@@ -405,7 +411,10 @@ impl RouteTable {
             path_and_query.push('?');
             path_and_query.push_str(query);
         }
-        Ok(Resolved::Unmatched { path_and_query })
+        Ok(Resolved::Unmatched {
+            path_and_query,
+            target,
+        })
     }
 
     /// The refusal of a method that is neither a guarded operation's nor a sibling's on
@@ -758,7 +767,12 @@ mod tests {
         assert_eq!(
             resolve("GET", "/v2/manage/namespaces/ns/repos/app/access").unwrap(),
             Resolved::Unmatched {
-                path_and_query: "/v2/manage/namespaces/ns/repos/app/access".into()
+                path_and_query: "/v2/manage/namespaces/ns/repos/app/access".into(),
+                target: Target {
+                    namespace: Some("ns".into()),
+                    repository: Some("app".into()),
+                    access_domain: None,
+                },
             }
         );
         assert!(matches!(
@@ -786,7 +800,12 @@ mod tests {
                 resolve("DELETE", path).unwrap(),
                 Resolved::Unmatched {
                     path_and_query:
-                        "/v2/manage/namespaces/ns/repositories/group$app/access-domains/d".into()
+                        "/v2/manage/namespaces/ns/repositories/group$app/access-domains/d".into(),
+                    target: Target {
+                        namespace: Some("ns".into()),
+                        repository: Some("group/app".into()),
+                        access_domain: Some("d".into()),
+                    },
                 },
                 "{path}"
             );

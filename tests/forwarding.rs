@@ -285,6 +285,24 @@ fn unmatched_routes_are_refused_by_default_and_forwarded_when_configured() {
         "/v2/manage/namespaces/team-a/repos/app/access?filter=x"
     );
     assert_eq!(received[0].headers["x-auth-token"], TOKEN);
+    let record = forwarding.audit_records().pop().unwrap();
+    assert_eq!(
+        (&record["namespace"], &record["repository"]),
+        (&"team-a".into(), &"app".into())
+    );
+
+    // SWR's own revocation on a guarded path is recorded with its names, so that
+    // `audit query --repository` finds it beside the grants.
+    let revoke = "/v2/manage/namespaces/team-a/repos/group%2Fapp/access?user_ids=u1";
+    let answer = forwarding.send("DELETE", revoke, &[("x-api-key", API_KEY)], b"");
+    assert_eq!(answer.status, 201);
+    assert_eq!(
+        swr.received()[1].path_and_query,
+        "/v2/manage/namespaces/team-a/repos/group$app/access?user_ids=u1"
+    );
+    let record = forwarding.audit_records().pop().unwrap();
+    assert_eq!(record["repository"], "group/app", "{record}");
+    assert_eq!(record["operation"], serde_json::Value::Null, "{record}");
 }
 
 #[test]
