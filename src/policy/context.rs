@@ -275,7 +275,16 @@ pub fn parse_rfc3339(text: &str) -> Option<time::OffsetDateTime> {
     if !matches!(text.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
         return None;
     }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(text, rfc3339) {
+        Ok(at) => Some(at),
+        // RFC 3339 (and JSON Schema's `date-time`) allow second 60 on any day, as leap
+        // seconds are announced; `time` only at a month's end. Read as the second before.
+        Err(_) if text.get(17..19) == Some("60") => {
+            time::OffsetDateTime::parse(&format!("{}59{}", &text[..17], &text[19..]), rfc3339).ok()
+        }
+        Err(_) => None,
+    }
 }
 
 /// [`parse_rfc3339`] as a `SystemTime`, fractions kept: for a `--since` or a policy

@@ -693,7 +693,12 @@ mod tests {
         assert_eq!(seconds("2030-01-01t00:00:00z"), Some(1_893_456_000));
         // RFC 3339 lets applications write a space for the `T` (§5.6, note).
         assert_eq!(seconds("2030-01-01 00:00:00Z"), Some(1_893_456_000));
+        // A leap second, on any day, is read as the second before it.
+        assert_eq!(seconds("2029-12-30T23:59:60Z"), Some(1_893_369_599));
+        assert_eq!(seconds("2029-12-31T23:59:60.5Z"), Some(1_893_455_999));
         for bad in [
+            "2030-01-01T00:00:61Z",
+            "2030-01-01T00:00:6",
             "2023-02-29T00:00:00Z",
             "2030-13-01T00:00:00Z",
             "2030-01-01T24:00:00Z",
