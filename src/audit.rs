@@ -175,12 +175,22 @@ impl Chain {
         (line, hash)
     }
 
-    /// Whether a line is the start of a record that was never finished: it begins as a
-    /// record does and its JSON stops short. A whole object without a hash is not torn:
-    /// it was written as it is, and breaks the chain.
+    /// Whether a line is what a crash leaves of a record that was never finished: a
+    /// beginning of one (its JSON stops short), or zero bytes, which a power loss can
+    /// leave where the data had not reached the disk yet, after such a beginning or
+    /// alone. Such a line never joined the chain. A whole object without a hash is not
+    /// torn: it was written as it is, and breaks the chain.
     pub fn is_torn(line: &[u8]) -> bool {
-        line.starts_with(b"{\"ts\":\"")
-            && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err_and(|e| e.is_eof())
+        const START: &[u8] = b"{\"ts\":\"";
+        let written = line
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(&[][..], |end| &line[..=end]);
+        if written.len() < START.len() {
+            return !line.is_empty() && START.starts_with(written);
+        }
+        written.starts_with(START)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(written).is_err_and(|e| e.is_eof())
     }
 
     /// Where the record's `,"hash":"…"}` starts, if it ends with one.
@@ -482,14 +492,47 @@ pub fn hmac_key(var: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// The last complete record of a trail file (None: no record, or not a regular file),
-/// and whether a torn one follows it. Read from the end, further back until the line
-/// is whole, however long a record is.
-fn last_record(file: &File, path: &Path) -> Result<(Option<Vec<u8>>, bool), String> {
+/// How a trail file ends: its last record, and what follows it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Ending {
+    /// The last line that is no crash's leftover (None: no such line, or not a regular
+    /// file). Whether it is a record is for [`continues`] to say.
+    last: Option<Vec<u8>>,
+    /// Bytes after the last newline: a record a crash cut off, or something else.
+    unfinished: Vec<u8>,
+    /// An empty line after `last`, which `audit verify` takes for an edit.
+    blank_line: bool,
+}
+
+impl Ending {
+    /// Refused when the file ends in what `audit verify` takes for an edit: records
+    /// written after it would never verify again.
+    fn may_be_written_on(&self, path: &Path) -> Result<(), String> {
+        if self.blank_line {
+            return Err(format!(
+                "{}: the audit file has an empty line after its last record, which `swr-gate audit verify` reports as an edit; remove it, or move the file aside",
+                path.display()
+            ));
+        }
+        if !self.unfinished.is_empty() && !Chain::is_torn(&self.unfinished) {
+            return Err(format!(
+                "{}: the audit file ends in {} bytes that are no record and no record cut off by a crash (an edit?); run `swr-gate audit verify`, then remove them or move the file aside",
+                path.display(),
+                self.unfinished.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a trail file ends. Read from the end, further back until the last line is whole,
+/// however long a record is. Whole lines a crash left (a record cut off, then closed by
+/// a start) are passed over, as the chain was continued from the record before them.
+fn last_record(file: &File, path: &Path) -> Result<Ending, String> {
     let mut file: &File = file;
     let metadata = file.metadata().map_err(|e| e.to_string())?;
     if !metadata.is_file() {
-        return Ok((None, false));
+        return Ok(Ending::default());
     }
     let mut window = 64 * 1024;
     loop {
@@ -498,17 +541,30 @@ fn last_record(file: &File, path: &Path) -> Result<(Option<Vec<u8>>, bool), Stri
         file.seek(SeekFrom::Start(start))
             .and_then(|_| file.read_to_end(&mut tail))
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let torn = !tail.is_empty() && !tail.ends_with(b"\n");
         let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let end = tail[..complete]
-            .iter()
-            .rposition(|b| *b != b'\n')
-            .map_or(0, |i| i + 1);
-        match tail[..end].iter().rposition(|b| *b == b'\n') {
-            Some(newline) => return Ok((Some(tail[newline + 1..end].to_vec()), torn)),
-            None if start == 0 => return Ok(((end > 0).then(|| tail[..end].to_vec()), torn)),
-            None => window *= 4,
+        let mut ending = Ending {
+            unfinished: tail[complete..].to_vec(),
+            ..Ending::default()
+        };
+        let whole = tail[..complete].strip_suffix(b"\n").unwrap_or_default();
+        let mut lines = whole.rsplit(|b| *b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            // The window's first line may be the end of a longer one.
+            let cut_by_window = lines.peek().is_none() && start > 0;
+            if cut_by_window {
+                break;
+            }
+            if line.is_empty() {
+                ending.blank_line |= complete > 0;
+            } else if !Chain::is_torn(line) {
+                ending.last = Some(line.to_vec());
+                return Ok(ending);
+            }
         }
+        if start == 0 {
+            return Ok(ending);
+        }
+        window *= 4;
     }
 }
 
@@ -566,8 +622,9 @@ pub fn check(config: &Config) -> Result<(), String> {
     let unusable = |e: &dyn std::fmt::Display| format!("[audit] path {}: {e}", path.display());
     match OpenOptions::new().read(true).append(true).open(&path) {
         Ok(file) => {
-            let (last, _) = last_record(&file, &path)?;
-            continues(&Chain::new(key), last.as_deref(), &path).map(|_| ())
+            let ending = last_record(&file, &path)?;
+            ending.may_be_written_on(&path)?;
+            continues(&Chain::new(key), ending.last.as_deref(), &path).map(|_| ())
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             let directory = match path.parent() {
@@ -636,14 +693,15 @@ impl Sink {
         let Sink::File { file, path } = self else {
             return Ok(GENESIS.into());
         };
-        let (last, torn) = last_record(file, path)?;
-        if torn {
+        let ending = last_record(file, path)?;
+        ending.may_be_written_on(path)?;
+        if !ending.unfinished.is_empty() {
             tracing::warn!(path = %path.display(), "the audit file ends in a torn record; it is closed and the chain continues from the last complete one");
             let mut file: &File = file;
             file.write_all(b"\n")
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        continues(chain, last.as_deref(), path)
+        continues(chain, ending.last.as_deref(), path)
     }
 
     /// Append `bytes` whole or not at all: a failed write is cut back off, so a full disk
@@ -1068,18 +1126,61 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trail");
         let long = "x".repeat(300 * 1024);
-        for (text, last, torn) in [
-            (format!("first\n{long}\n"), Some(long.as_str()), false),
-            (format!("first\n{long}\ntorn"), Some(long.as_str()), true),
-            (format!("{long}\n\n"), Some(long.as_str()), false),
-            ("only\n".to_owned(), Some("only"), false),
-            (String::new(), None, false),
+        let cut = "{\"ts\":\"2026";
+        for (text, last, unfinished, blank_line) in [
+            (format!("first\n{long}\n"), Some(long.as_str()), "", false),
+            (
+                format!("first\n{long}\ntorn"),
+                Some(long.as_str()),
+                "torn",
+                false,
+            ),
+            (format!("{long}\n\n"), Some(long.as_str()), "", true),
+            ("only\n".to_owned(), Some("only"), "", false),
+            (String::new(), None, "", false),
+            // A record cut off and closed by an earlier start is passed over.
+            (format!("first\n{cut}\n"), Some("first"), "", false),
+            (
+                format!("first\n{cut}\n\0\0\0"),
+                Some("first"),
+                "\0\0\0",
+                false,
+            ),
+            (format!("{cut}\n"), None, "", false),
         ] {
             std::fs::write(&path, &text).unwrap();
             let file = File::open(&path).unwrap();
-            let (found, was_torn) = last_record(&file, &path).unwrap();
-            assert_eq!(found.as_deref(), last.map(str::as_bytes));
-            assert_eq!(was_torn, torn);
+            let ending = last_record(&file, &path).unwrap();
+            assert_eq!(
+                ending.last.as_deref(),
+                last.map(str::as_bytes),
+                "{text:.20}"
+            );
+            assert_eq!(ending.unfinished, unfinished.as_bytes(), "{text:.20}");
+            assert_eq!(ending.blank_line, blank_line, "{text:.20}");
+        }
+    }
+
+    #[test]
+    fn what_a_crash_leaves_is_told_from_an_edit() {
+        for torn in [
+            &b"{\"ts\":\"2026-11-30T01:00:00.000Z\",\"req"[..],
+            b"{\"t",
+            b"{",
+            b"\0\0\0\0",
+            b"{\"ts\":\"2026\0\0",
+        ] {
+            assert!(Chain::is_torn(torn), "{}", String::from_utf8_lossy(torn));
+        }
+        for edit in [
+            &b""[..],
+            b"garbage",
+            b"{\"ts\":\"2026\"}",
+            b"{\"ts\":\"2026\"}\0",
+            b"\0x",
+            b"{\"x",
+        ] {
+            assert!(!Chain::is_torn(edit), "{}", String::from_utf8_lossy(edit));
         }
     }
 

@@ -233,6 +233,37 @@ fn editing_deleting_swapping_or_truncating_records_is_caught() {
     again.stop();
     let (ok, output) = verify(&[&gate.audit_path()]);
     assert!(ok && output.contains(":8: a torn record"), "{output}");
+
+    // A power loss may leave zero bytes where a record was going: the same, also when
+    // the gateway dies again before it writes a record after closing them.
+    let mut trail = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gate.audit_path())
+        .unwrap();
+    std::io::Write::write_all(&mut trail, &[0; 512]).unwrap();
+    let on_the_trail = || {
+        Gateway::start_with(&swr.url(), "", |c| {
+            *c = c.replace(
+                "path = \"audit.jsonl\"",
+                &format!("path = {:?}", gate.audit_path().display().to_string()),
+            )
+        })
+    };
+    on_the_trail().stop();
+    let mut again = on_the_trail();
+    mixed(&again, 7).unwrap();
+    again.stop();
+    let (ok, output) = verify(&[&gate.audit_path()]);
+    assert!(ok && output.contains("a torn record"), "{output}");
+
+    // An empty line is an edit: written on, the chain would never verify again.
+    std::io::Write::write_all(&mut trail, b"\n").unwrap();
+    let config = gate.audit_path().with_file_name("gate.toml");
+    let (ok, output) = swr_gate(&["check", "--config", config.to_str().unwrap()]);
+    assert!(
+        !ok && output.contains("an empty line after its last record"),
+        "{output}"
+    );
 }
 
 #[test]
