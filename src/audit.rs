@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::auth::AuthMethod;
-use crate::config::{Config, Fsync};
+use crate::config::{Config, Fsync, OnFailure};
 use crate::crypto::{constant_time_eq, hex, sha256};
 
 /// What precedes a record's hash, the last field of every sealed record.
@@ -236,6 +236,9 @@ pub struct AuditLog {
     writer: Arc<Mutex<Writer>>,
     syncer: Option<Arc<Syncer>>,
     health: Arc<Health>,
+    /// `[audit] on_failure` as the trail was opened with: like the rest of `[audit]`, a
+    /// change takes a restart, so a reload cannot quietly let requests go unrecorded.
+    pub on_failure: OnFailure,
 }
 
 /// What the writer tells the rest of the gateway: /readyz and /metrics read it.
@@ -307,6 +310,7 @@ impl AuditLog {
             writer,
             syncer,
             health,
+            on_failure: config.audit.on_failure,
         })
     }
 

@@ -258,7 +258,7 @@ async fn process(
                 )
             })?;
             exchange.decision = Decision::Allow;
-            record_decision(gate, snapshot, exchange).await?;
+            record_decision(gate, exchange).await?;
             let canonical = RequestBody::Buffered(Bytes::from(canonical));
             // The method was checked and signed as sent (`patch`); SWR gets the route's.
             parts.method = snapshot.routes.route(route).method.clone();
@@ -277,7 +277,7 @@ async fn process(
             decide(snapshot, exchange, policy::FORWARD, None)?;
             // A forward has no record before it goes, only after: under on_failure =
             // "reject" it does not go while the trail is known not to take records.
-            if snapshot.config.audit.on_failure == OnFailure::Reject && !gate.audit.may_forward() {
+            if gate.audit.on_failure == OnFailure::Reject && !gate.audit.may_forward() {
                 return Err(GateError::new(
                     ErrorKind::AuditUnavailable,
                     "the audit log cannot be written",
@@ -559,14 +559,10 @@ fn same_host(authority: &http::uri::Authority, host: &HeaderValue, scheme: Optio
 
 /// The `decided` record goes out before the request leaves for SWR, so a crash between
 /// the two still leaves a trace of what was allowed.
-async fn record_decision(
-    gate: &Gate,
-    snapshot: &Snapshot,
-    exchange: &Exchange,
-) -> Result<(), GateError> {
+async fn record_decision(gate: &Gate, exchange: &Exchange) -> Result<(), GateError> {
     match gate.audit.write(&exchange.record(Stage::Decided)).await {
         Ok(()) => Ok(()),
-        Err(error) if snapshot.config.audit.on_failure == OnFailure::Continue => {
+        Err(error) if gate.audit.on_failure == OnFailure::Continue => {
             crate::throttled!(
                 error!(%error, "audit record could not be written; forwarding anyway (on_failure = \"continue\")")
             );

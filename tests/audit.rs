@@ -468,6 +468,23 @@ fn a_full_disk_refuses_guarded_requests_or_forwards_them_as_configured() {
         readyz(admin).contains("audit"),
         "readyz names the audit log"
     );
+    // Like the rest of [audit], on_failure takes a restart: a reload that says so must
+    // not let requests through unrecorded all the same.
+    let config = reject.audit_path().with_file_name("gate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"reject\"", "\"continue\"")).unwrap();
+    signal(reject.pid(), "HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reject.log().contains("takes effect only on restart") {
+        assert!(std::time::Instant::now() < deadline, "{}", reject.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = reject.json("POST", CREATE, &grants(1));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (503, "SWR.GATE.5030002")
+    );
+    assert!(swr.received().is_empty());
 
     let carry_on = Gateway::start_with(&swr.url(), "", full("continue"));
     assert_eq!(carry_on.json("POST", CREATE, &grants(1)).status, 201);
