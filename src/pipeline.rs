@@ -599,6 +599,10 @@ async fn forward(
         snapshot.upstream.send(request, path_and_query, sent)
     };
     let (body, sent, replay) = match body {
+        // No body (a GET, a DELETE) can be sent again as well as a buffered one.
+        RequestBody::Streaming(body) if hyper::body::Body::is_end_stream(&body) => {
+            (full(Bytes::new()), None, Some(Bytes::new()))
+        }
         RequestBody::Streaming(body) => {
             let (body, sent) = ClientBody::relay(body, snapshot.config.server.request_timeout);
             (body, sent, None)
@@ -608,11 +612,20 @@ async fn forward(
 
     let mut result = send(body, sent, &token).await;
     let refused = matches!(&result, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
-    if let (true, Some(bytes)) = (refused, replay) {
-        if let Some(renewed) = gate.tokens.renew_rejected(&token).await {
-            tracing::info!(request_id = %exchange.request_id, "SWR refused the IAM token; retrying once with a renewed one");
-            result = send(full(bytes), None, &renewed).await;
+    match (refused, replay) {
+        (true, Some(bytes)) => {
+            if let Some(renewed) = gate.tokens.renew_rejected(&token).await {
+                tracing::info!(request_id = %exchange.request_id, "SWR refused the IAM token; retrying once with a renewed one");
+                result = send(full(bytes), None, &renewed).await;
+            }
         }
+        // A streamed body is gone: this answer stands, but the next request need not
+        // meet the same refusal (renewals are at most one per few seconds).
+        (true, None) => {
+            let tokens = gate.tokens.clone();
+            tokio::spawn(async move { tokens.renew_rejected(&token).await });
+        }
+        (false, _) => {}
     }
     exchange.upstream_ms = Some(audit::milliseconds(started.elapsed()));
     let mut response =

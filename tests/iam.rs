@@ -483,6 +483,38 @@ fn swr_refusing_the_token_makes_one_renewal_and_one_retry() {
     });
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     assert_eq!(iam.calls().len(), calls + 1);
+
+    // A forwarded request with no body is sent again as well; one whose body was
+    // streamed is not, but the next request goes with a renewed token.
+    let (gate, admin) = gateway_with(&swr, &password_iam(&iam.url()), forward_unmatched);
+    wait_ready(admin, Duration::from_secs(10));
+    let show = "/v2/manage/namespaces/team-a/repos/app/access";
+    let calls = iam.calls().len();
+    swr.refuse_next(1);
+    assert_eq!(gate.json("GET", show, "").status, 201);
+    assert_eq!(iam.calls().len(), calls + 1);
+    // (Renewals are at most one per few seconds: a gateway of its own for the next part.)
+    let (gate, admin) = gateway_with(&swr, &password_iam(&iam.url()), forward_unmatched);
+    wait_ready(admin, Duration::from_secs(10));
+    assert_eq!(gate.json("GET", show, "").status, 201);
+    let calls = iam.calls().len();
+    swr.revoke(&swr.tokens().pop().unwrap());
+    let streamed = gate.send(
+        "POST",
+        "/v2/manage/namespaces/team-a/repositories",
+        &[("x-api-key", API_KEY), ("content-type", "application/json")],
+        b"{\"namespace\":\"team-a\",\"repository\":\"new\"}",
+    );
+    assert_eq!(streamed.status, 401);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while iam.calls().len() == calls {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal after a streamed 401"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gate.json("GET", show, "").status, 201);
 }
 
 #[test]
