@@ -581,6 +581,22 @@ impl Config {
         if !matches!(scheme, Some("http") | Some("https")) || self.upstream.url.host().is_none() {
             problems.push("[upstream] url must be an http:// or https:// URL with a host".into());
         }
+        // `user:password@` would stand in the file, in /readyz's and the logs' account
+        // of the URL, and in the Host header SWR gets.
+        let with_credentials = [
+            ("[upstream] url", Some(&self.upstream.url)),
+            ("[iam] endpoint", self.iam.endpoint.as_ref()),
+        ];
+        for (setting, url) in with_credentials {
+            if url
+                .and_then(http::Uri::authority)
+                .is_some_and(|a| a.as_str().contains('@'))
+            {
+                problems.push(format!(
+                    "{setting} holds credentials (user:password@): a secret never stands in the file, and neither SWR nor IAM takes them from a URL"
+                ));
+            }
+        }
         // Every request in flight may hold this much, an AK/SK one before its signature is
         // checked; the guarded bodies are a few KiB.
         if !(1..=MAX_BODY_BYTES).contains(&self.server.max_body_bytes) {
@@ -845,6 +861,21 @@ project = "cn-north-4""#;
             "http://127.0.0.1:5000",
         );
         assert!(with_iam(&loopback).is_empty());
+        let credentials = complete.replace("https://", "https://admin:secret@");
+        assert_eq!(with_iam(&credentials).len(), 1);
+        assert!(with_iam(&credentials)[0].starts_with("[iam] endpoint holds credentials"));
+        let upstream = MINIMAL.replace(
+            "http://127.0.0.1:9000",
+            "http://admin:secret@127.0.0.1:9000",
+        );
+        let problems = Config::parse(&upstream, Path::new("gate.toml"))
+            .unwrap()
+            .problems();
+        assert!(
+            problems[0].starts_with("[upstream] url holds credentials"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("admin:secret"), "{problems:?}");
         let both = format!("{complete}\nproject_id = \"0123\"\nproject_domain = \"acme\"");
         assert_eq!(
             with_iam(&both),
