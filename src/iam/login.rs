@@ -290,10 +290,10 @@ fn remaining(
     let times = serde_json::from_slice::<Answer>(body)
         .map_err(|_| unreadable)?
         .token;
-    let expires = humantime::parse_rfc3339(&times.expires_at).map_err(|_| unreadable)?;
-    let issued = times
-        .issued_at
-        .and_then(|t| humantime::parse_rfc3339(&t).ok());
+    // Any RFC 3339 time: IAM writes `Z`, a proxy or another Keystone may write an offset.
+    let read = crate::policy::parse_rfc3339_instant;
+    let expires = read(&times.expires_at).ok_or(unreadable)?;
+    let issued = times.issued_at.and_then(|t| read(&t));
     let answered = match (date, issued) {
         (Some(date), Some(issued)) => date.max(issued),
         (Some(at), None) | (None, Some(at)) => at,
@@ -387,6 +387,11 @@ mod tests {
             let error = remaining(body, None, now).unwrap_err();
             assert!(!error.contains("secret"), "{error}");
         }
+        let offset = r#"{"token":{"expires_at":"2020-01-01T09:00:00+08:00","issued_at":"2020-01-01T00:00:00Z"}}"#;
+        assert_eq!(
+            remaining(offset.as_bytes(), None, now),
+            Ok(Duration::from_secs(3600))
+        );
         for (expires_at, error) in [
             (
                 "2020-01-01T00:00:09Z",
