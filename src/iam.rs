@@ -456,15 +456,17 @@ async fn refresh(source: Weak<TokenSource>) {
 /// Secret update, a renewal job) takes effect within a second, no restart needed, even
 /// when the new file has the old one's length and modification time.
 async fn watch_file(source: Weak<TokenSource>, path: PathBuf) {
-    let mut seen: Option<FileStamp> = None;
+    // None until the first look, which always reads the file again: what it was when
+    // the start read it is not known, and a file removed since looks like no file then.
+    let mut seen: Option<Option<FileStamp>> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(source) = source.upgrade() else {
             return;
         };
         let stamp = std::fs::metadata(&path).ok().map(|m| FileStamp::of(&m));
-        if stamp != seen {
-            seen = stamp;
+        if seen.as_ref() != Some(&stamp) {
+            seen = Some(stamp);
             let mut flight = source.flight.lock().await;
             let held = source.obtain(&mut flight, None).await.is_ok();
             tracing::info!(path = %path.display(), held, "IAM token file re-read");

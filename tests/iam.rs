@@ -626,6 +626,20 @@ fn a_token_file_is_re_read_when_it_changes() {
     let refused = swr.refused();
     assert_eq!(create(&gate).status, 201, "the new token was not picked up");
     assert_eq!(swr.refused(), refused, "the old token was still in use");
+
+    // Removed right after the start: no token, although no look found the file before.
+    let outside = tempfile::tempdir().unwrap();
+    let file = outside.path().join("iam-token");
+    std::fs::write(&file, TOKEN).unwrap();
+    let iam = format!(
+        "[iam]\nmethod = \"token_file\"\ntoken_file = {:?}\n",
+        file.display().to_string()
+    );
+    let (gate, admin) = gateway(&swr, &iam);
+    std::fs::remove_file(&file).unwrap();
+    let reason = wait_unready(admin);
+    assert!(reason.contains("token_file"), "{reason}");
+    assert_eq!(create(&gate).code(), "SWR.GATE.5030001");
 }
 
 #[test]
