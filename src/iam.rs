@@ -42,10 +42,13 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 pub struct Token(HeaderValue);
 
 impl Token {
-    /// A token read from the environment, a file or a header; surrounding whitespace is dropped.
+    /// A token read from the environment, a file or a header; surrounding whitespace is
+    /// dropped. IAM's are a few KiB: one of over 64 KiB is a wrong file, which would make
+    /// every request's head too large for SWR.
     pub fn parse(text: &str) -> Option<Token> {
+        const MAX_BYTES: usize = 64 * 1024;
         let text = text.trim();
-        if text.is_empty() {
+        if text.is_empty() || text.len() > MAX_BYTES {
             return None;
         }
         let mut value = HeaderValue::from_str(text).ok()?;
@@ -124,13 +127,13 @@ impl Local {
                 .ok()
                 .and_then(|t| Token::parse(&t))
                 .ok_or_else(|| {
-                    format!("the environment variable {} is not set, empty, or not a token a header can carry", crate::config::variable_shown(var))
+                    format!("the environment variable {} is not set, empty, over 64 KiB, or not a token a header can carry", crate::config::variable_shown(var))
                 }),
             Local::File(path) => {
                 let text = crate::files::read_to_string(path)
                     .map_err(|e| format!("[iam] token_file: {}", crate::config::file_problem(&e)))?;
                 Token::parse(&text).ok_or_else(|| {
-                    "[iam] token_file: the file is empty, or holds characters a header cannot carry"
+                    "[iam] token_file: the file is empty, over 64 KiB, or holds characters a header cannot carry"
                         .to_owned()
                 })
             }
@@ -477,6 +480,16 @@ async fn watch_file(source: Weak<TokenSource>, path: PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_one_header_value_of_sane_size() {
+        assert!(Token::parse(" gAAAA-token\n").is_some());
+        assert_eq!(Token::parse(" gAAAA-token\n"), Token::parse("gAAAA-token"));
+        for bad in ["", " \n", "a\nb", &"x".repeat(64 * 1024 + 1)] {
+            assert!(Token::parse(bad).is_none(), "{bad:.10}");
+        }
+        assert!(Token::parse(&"x".repeat(64 * 1024)).is_some());
+    }
 
     #[test]
     fn tokens_are_renewed_refresh_before_their_end_but_not_in_their_first_two_thirds() {
