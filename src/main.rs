@@ -272,7 +272,10 @@ fn run(task: impl std::future::Future<Output = Result<(), String>>) -> ExitCode 
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}")),
     };
-    match runtime.block_on(task) {
+    let outcome = runtime.block_on(task);
+    // What the task leaves running (a drain a second signal cut short) is not waited for.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
     }

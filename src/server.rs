@@ -163,9 +163,16 @@ pub async fn serve_then(
     gate.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = gate.snapshot.load().config.server.request_timeout;
-    tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight requests");
-    if !workers.stop().await? {
-        tracing::warn!("grace period over; closed the connections still open");
+    tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight requests (a second SIGTERM or SIGINT stops at once)");
+    // A second signal is the operator not willing to wait (Ctrl-C twice): requests still
+    // in flight end with the process, without their `completed` records.
+    let drained = tokio::select! {
+        drained = workers.stop() => drained?,
+        _ = terminate.recv() => false,
+        _ = interrupt.recv() => false,
+    };
+    if !drained {
+        tracing::warn!("stopped draining (grace period over, or a second signal); closed the connections still open");
     }
     gate.audit
         .flush()

@@ -376,3 +376,35 @@ fn a_gateway_whose_log_reader_has_gone_answers_and_stops_cleanly() {
     };
     assert_eq!(status.code(), Some(0), "a panic exits with 101");
 }
+
+/// Ctrl-C twice: the second signal ends the drain at once instead of waiting out
+/// `request_timeout` for a request SWR is slow to answer.
+#[test]
+fn a_second_signal_stops_the_drain_at_once() {
+    let swr = StandInSwr::start();
+    swr.set(Behaviour::Slow(Duration::from_secs(30)));
+    let gate = Gateway::start_with(&swr.url(), "", |c| {
+        *c = c
+            .replace("request_timeout = \"3s\"", "request_timeout = \"30s\"")
+            .replace("\ntimeout = \"2s\"\n", "\ntimeout = \"30s\"\n");
+    });
+    std::thread::scope(|scope| {
+        scope.spawn(|| gate.try_json("POST", CREATE, &grants(1)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while swr.received().is_empty() {
+            assert!(Instant::now() < deadline, "the request did not reach SWR");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal(gate.pid(), "TERM");
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        signal(gate.pid(), "INT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gate.exited() {
+            assert!(Instant::now() < deadline, "still draining: {}", gate.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(gate.log().contains("stopped draining"), "{}", gate.log());
+    });
+}

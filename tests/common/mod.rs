@@ -673,6 +673,13 @@ impl Gateway {
         signal(self.child.id(), "TERM");
         self.child.wait().unwrap()
     }
+
+    /// Whether the process has ended (not reaped: [`Gateway::stop`] still works).
+    pub fn exited(&self) -> bool {
+        !Path::new(&format!("/proc/{}", self.child.id())).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .is_ok_and(|stat| stat.contains(") Z "))
+    }
 }
 
 pub fn signal(pid: u32, name: &str) {
