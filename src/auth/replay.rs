@@ -42,6 +42,9 @@ pub struct SignatureUse {
 #[derive(Default)]
 struct Seen {
     signatures: HashSet<Fingerprint>,
+    /// Remembered signatures given back ([`ReplayGuard::forget`]): the next use takes
+    /// one again without remembering it twice, so giving back never grows the memory.
+    given_back: HashSet<Fingerprint>,
     /// Soonest expiry on top: stale signatures leave one by one as time passes, instead
     /// of a sweep over all of them under the lock.
     expiries: BinaryHeap<Reverse<(u64, Fingerprint, u32)>>,
@@ -66,7 +69,6 @@ impl ReplayGuard {
     pub async fn first_use(&self, used: &SignatureUse) -> Result<Spent, GateError> {
         let mut spent = Spent {
             fingerprint: fingerprint(&used.signature),
-            client: used.client.clone(),
             spender: None,
         };
         match &self.shared {
@@ -86,9 +88,8 @@ impl ReplayGuard {
                 .seen
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if seen.signatures.remove(&spent.fingerprint) {
-                let number = seen.number_of(&spent.client) as usize;
-                seen.remembered[number] -= 1;
+            if seen.signatures.contains(&spent.fingerprint) {
+                seen.given_back.insert(spent.fingerprint);
             }
             return;
         };
@@ -114,7 +115,10 @@ impl ReplayGuard {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         seen.forget_stale(used.now);
         if seen.signatures.contains(&fingerprint) {
-            return Err(replayed());
+            return match seen.given_back.remove(&fingerprint) {
+                true => Ok(()),
+                false => Err(replayed()),
+            };
         }
         let number = seen.number_of(&used.client);
         let open_to_all = seen.signatures.len() < self.capacity / 2;
@@ -141,10 +145,9 @@ impl Seen {
                 break;
             }
             self.expiries.pop();
-            // A signature given back ([`ReplayGuard::forget`]) left already.
-            if self.signatures.remove(&fingerprint) {
-                self.remembered[client as usize] -= 1;
-            }
+            self.signatures.remove(&fingerprint);
+            self.given_back.remove(&fingerprint);
+            self.remembered[client as usize] -= 1;
         }
     }
 
@@ -167,7 +170,6 @@ const SHARED_MARGIN_SECS: u64 = 60;
 #[derive(Debug)]
 pub struct Spent {
     fingerprint: Fingerprint,
-    client: String,
     /// The value this gateway's SET wrote, when the store is Redis.
     spender: Option<String>,
 }
@@ -272,7 +274,12 @@ mod tests {
         assert!(again.is_ok());
         let replay = guard.first_use(&spend("a", 1, 1, 100, 30)).await;
         assert_eq!(replay.unwrap_err().kind, ErrorKind::Replay);
-        // Its two expiries leave without counting it twice.
+        // Given back and spent again, it is remembered once, and leaves once.
+        {
+            let seen = guard.seen.lock().unwrap();
+            assert_eq!((seen.expiries.len(), seen.remembered[0]), (1, 1));
+            assert!(seen.given_back.is_empty());
+        }
         guard.first_use_here(&spend("a", 1, 2, 1000, 200)).unwrap();
         let seen = guard.seen.lock().unwrap();
         assert_eq!((seen.signatures.len(), seen.remembered[0]), (1, 1));
