@@ -81,7 +81,7 @@ pub async fn handle(
     let mut response = match outcome {
         Ok(response) => response,
         Err(error) => {
-            give_back_signature(&gate, exchange, &error).await;
+            give_back_signature(&gate, exchange, &error);
             exchange.refuse(error)
         }
     };
@@ -113,15 +113,31 @@ pub async fn handle(
     response
 }
 
+/// `host` or `host:port`: no user info, a host, a port of digits only.
+fn is_host_and_port(text: &[u8]) -> bool {
+    let Ok(authority) = http::uri::Authority::try_from(text) else {
+        return false;
+    };
+    let host = authority.host();
+    // `host()` of `[::1]:443` is `[::1]`: what follows it is the port, if any.
+    let port = authority.as_str().get(host.len()..).unwrap_or_default();
+    !text.contains(&b'@')
+        && !host.is_empty()
+        && authority.as_str().starts_with(host)
+        && (port.is_empty() || (port.len() > 1 && authority.port_u16().is_some()))
+}
+
 /// A request refused with 429 or 503 before it left for SWR is to be sent again as it
-/// is, which the SDKs' own retry does, signature and all: that copy is no replay.
-async fn give_back_signature(gate: &Gate, exchange: &mut Exchange, refusal: &GateError) {
+/// is, which the SDKs' own retry does, signature and all: that copy is no replay. In a
+/// task of its own: the answer does not wait on Redis, and the retry comes a second later.
+fn give_back_signature(gate: &Arc<Gate>, exchange: &mut Exchange, refusal: &GateError) {
     let retry_invited = matches!(refusal.kind.status().as_u16(), 429 | 503);
     if !retry_invited || exchange.forwarded_at.is_some() {
         return;
     }
     if let Some(spent) = exchange.spent.take() {
-        gate.replay.forget(&spent).await;
+        let gate = Arc::clone(gate);
+        tokio::spawn(async move { gate.replay.forget(&spent).await });
     }
 }
 
@@ -505,14 +521,17 @@ fn refuse_ambiguous_message(parts: &http::request::Parts) -> Result<(), GateErro
     if hosts > 1 {
         return refuse("the request has more than one Host header");
     }
-    // `Host` is a host and an optional port (RFC 9112 §3.2), nothing a front end or SWR
-    // could read another way (`a@evil`, `127.0.0.1/x y`); a signature is checked over it.
+    // `Host` and HTTP/2's `:authority` are a host and an optional port (RFC 9112 §3.2),
+    // nothing a front end could read another way (`a@evil`, `127.0.0.1/x y`, `host:abc`);
+    // a signature is checked over them.
     if let Some(host) = parts.headers.get(http::header::HOST) {
-        let bytes = host.as_bytes();
-        let readable = bytes.is_empty()
-            || (!bytes.contains(&b'@') && http::uri::Authority::try_from(bytes).is_ok());
-        if !readable {
+        if !host.is_empty() && !is_host_and_port(host.as_bytes()) {
             return refuse("the Host header is not a host with an optional port");
+        }
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if !is_host_and_port(authority.as_str().as_bytes()) {
+            return refuse("the request's authority is not a host with an optional port");
         }
     }
     // An absolute-form target names its host itself (what hyper's own client sends).
@@ -985,6 +1004,30 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_host_is_a_host_and_an_optional_port() {
+        for good in [
+            "swr-api.cn-north-4.myhuaweicloud.com",
+            "127.0.0.1:8080",
+            "[::1]:443",
+            "[::1]",
+            "Gate_1.local",
+        ] {
+            assert!(is_host_and_port(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a@evil",
+            "127.0.0.1/x y",
+            "host:abc",
+            ":443",
+            "host:",
+            "host:99999",
+            "",
+        ] {
+            assert!(!is_host_and_port(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]
