@@ -268,13 +268,7 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// request's real path or its prefix (`X-Original-URL`, `X-Forwarded-Prefix`): SWR must
 /// act on the path that was checked.
 fn is_client_credential(name: &HeaderName) -> bool {
-    // `X_Auth_Token` too: CGI-style servers and some front ends read `_` as `-`.
-    let dashed;
-    let mut name = name.as_str();
-    if name.contains('_') {
-        dashed = name.replace('_', "-");
-        name = &dashed;
-    }
+    let name = name.as_str();
     matches!(
         name,
         "authorization"
@@ -309,7 +303,11 @@ pub fn request_headers_for_upstream(
     let connection_named = named_by_connection(client_headers);
     let mut headers = HeaderMap::with_capacity(client_headers.len());
     for (name, value) in client_headers {
-        if !is_hop_by_hop(name)
+        // A name with `_` is none SWR's API has, and CGI-style servers and some front
+        // ends read it as `-` (`X_Auth_Token` beside the injected token, `X_HTTP_Method_
+        // Override`): dropped, as nginx drops them by default (`underscores_in_headers`).
+        if !name.as_str().contains('_')
+            && !is_hop_by_hop(name)
             && !is_client_credential(name)
             && !connection_named.contains(name)
             && (from_trusted_proxy || !is_proxy_account(name))
@@ -628,6 +626,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x_auth_token", "client-token"),
             ("x_sdk_date", "20260101T000000Z"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_http_method_override", "DELETE"),
             ("proxy-status", "x"),
         ] {
             headers.append(name, value.parse().unwrap());
