@@ -278,10 +278,17 @@ pub fn parse_rfc3339(text: &str) -> Option<time::OffsetDateTime> {
     let rfc3339 = &time::format_description::well_known::Rfc3339;
     match time::OffsetDateTime::parse(text, rfc3339) {
         Ok(at) => Some(at),
-        // RFC 3339 (and JSON Schema's `date-time`) allow second 60 on any day, as leap
-        // seconds are announced; `time` only at a month's end. Read as the second before.
+        // RFC 3339 (and JSON Schema's `date-time`) allow a leap second, 23:59:60 UTC, on
+        // any day, as they are announced; `time` only at a month's end. Read as the
+        // second before.
         Err(_) if text.get(17..19) == Some("60") => {
-            time::OffsetDateTime::parse(&format!("{}59{}", &text[..17], &text[19..]), rfc3339).ok()
+            let before = format!("{}59{}", &text[..17], &text[19..]);
+            time::OffsetDateTime::parse(&before, rfc3339)
+                .ok()
+                .filter(|at| {
+                    let utc = at.to_offset(time::UtcOffset::UTC);
+                    (utc.hour(), utc.minute()) == (23, 59)
+                })
         }
         Err(_) => None,
     }

@@ -696,7 +696,10 @@ mod tests {
         // A leap second, on any day, is read as the second before it.
         assert_eq!(seconds("2029-12-30T23:59:60Z"), Some(1_893_369_599));
         assert_eq!(seconds("2029-12-31T23:59:60.5Z"), Some(1_893_455_999));
+        assert_eq!(seconds("2029-12-31T07:59:60+08:00"), Some(1_893_369_599));
         for bad in [
+            "2030-01-01T12:34:60Z",
+            "2030-01-01T23:59:60+08:00",
             "2030-01-01T00:00:61Z",
             "2030-01-01T00:00:6",
             "2023-02-29T00:00:00Z",
