@@ -509,16 +509,32 @@ struct Ending {
 }
 
 impl Ending {
+    /// A whole record the crash left without its newline (its line's end was still to
+    /// reach the disk), with any zero bytes after it cut off: it is the last record.
+    fn unfinished_record(&self, chain: &Chain) -> Option<&[u8]> {
+        let end = self.unfinished.iter().rposition(|b| *b != 0)? + 1;
+        let written = &self.unfinished[..end];
+        chain.open(written).is_ok().then_some(written)
+    }
+
+    /// The record the chain goes on from.
+    fn record<'a>(&'a self, chain: &Chain) -> Option<&'a [u8]> {
+        self.unfinished_record(chain).or(self.last.as_deref())
+    }
+
     /// Refused when the file ends in what `audit verify` takes for an edit: records
     /// written after it would never verify again.
-    fn may_be_written_on(&self, path: &Path) -> Result<(), String> {
+    fn may_be_written_on(&self, chain: &Chain, path: &Path) -> Result<(), String> {
         if self.blank_line {
             return Err(format!(
                 "{}: the audit file has an empty line after its last record, which `swr-gate audit verify` reports as an edit; remove it, or move the file aside",
                 path.display()
             ));
         }
-        if !self.unfinished.is_empty() && !Chain::is_torn(&self.unfinished) {
+        if !self.unfinished.is_empty()
+            && !Chain::is_torn(&self.unfinished)
+            && self.unfinished_record(chain).is_none()
+        {
             return Err(format!(
                 "{}: the audit file ends in {} bytes that are no record and no record cut off by a crash (an edit?); run `swr-gate audit verify`, then remove them or move the file aside",
                 path.display(),
@@ -626,9 +642,10 @@ pub fn check(config: &Config) -> Result<(), String> {
     let unusable = |e: &dyn std::fmt::Display| format!("[audit] path {}: {e}", path.display());
     match OpenOptions::new().read(true).append(true).open(&path) {
         Ok(file) => {
+            let chain = Chain::new(key);
             let ending = last_record(&file, &path)?;
-            ending.may_be_written_on(&path)?;
-            continues(&Chain::new(key), ending.last.as_deref(), &path).map(|_| ())
+            ending.may_be_written_on(&chain, &path)?;
+            continues(&chain, ending.record(&chain), &path).map(|_| ())
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             let directory = match path.parent() {
@@ -698,14 +715,23 @@ impl Sink {
             return Ok(GENESIS.into());
         };
         let ending = last_record(file, path)?;
-        ending.may_be_written_on(path)?;
-        if !ending.unfinished.is_empty() {
+        ending.may_be_written_on(chain, path)?;
+        let failed = |e: io::Error| format!("{}: {e}", path.display());
+        if let Some(record) = ending.unfinished_record(chain) {
+            let zeros = (ending.unfinished.len() - record.len()) as u64;
+            if zeros > 0 {
+                let length = file.metadata().map_err(failed)?.len();
+                file.set_len(length - zeros).map_err(failed)?;
+            }
+            tracing::warn!(path = %path.display(), "the audit file's last record had no line end (a crash); it is ended and the chain continues from it");
+        } else if !ending.unfinished.is_empty() {
             tracing::warn!(path = %path.display(), "the audit file ends in a torn record; it is closed and the chain continues from the last complete one");
-            let mut file: &File = file;
-            file.write_all(b"\n")
-                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        continues(chain, ending.last.as_deref(), path)
+        if !ending.unfinished.is_empty() {
+            let mut file: &File = file;
+            file.write_all(b"\n").map_err(failed)?;
+        }
+        continues(chain, ending.record(chain), path)
     }
 
     /// Append `bytes` whole or not at all: a failed write is cut back off, so a full disk

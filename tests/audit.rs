@@ -256,7 +256,27 @@ fn editing_deleting_swapping_or_truncating_records_is_caught() {
     let (ok, output) = verify(&[&gate.audit_path()]);
     assert!(ok && output.contains("a torn record"), "{output}");
 
+    // A whole last record whose line end a crash kept from the disk, zero bytes after it.
+    let text = std::fs::read(gate.audit_path()).unwrap();
+    let mut cut = text[..text.len() - 1].to_vec();
+    cut.extend_from_slice(&[0; 100]);
+    std::fs::write(gate.audit_path(), &cut).unwrap();
+    let mut again = on_the_trail();
+    mixed(&again, 7).unwrap();
+    again.stop();
+    let (ok, output) = verify(&[&gate.audit_path()]);
+    assert!(ok, "{output}");
+    let records = std::fs::read(gate.audit_path()).unwrap();
+    assert!(
+        records.starts_with(&text),
+        "the zero bytes were cut off, the line ended"
+    );
+
     // An empty line is an edit: written on, the chain would never verify again.
+    let mut trail = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gate.audit_path())
+        .unwrap();
     std::io::Write::write_all(&mut trail, b"\n").unwrap();
     let config = gate.audit_path().with_file_name("gate.toml");
     let (ok, output) = swr_gate(&["check", "--config", config.to_str().unwrap()]);
