@@ -79,10 +79,7 @@ fn certificate_subject(name: &X509Name) -> Option<String> {
     let mut subject = String::new();
     for (i, rdn) in name.iter().enumerate() {
         for (j, attribute) in rdn.iter().enumerate() {
-            let kind = match oid2abbrev(attribute.attr_type(), oid_registry()) {
-                Ok(abbreviation) => abbreviation.to_owned(),
-                Err(_) => attribute.attr_type().to_id_string(),
-            };
+            let kind = kind_of(attribute.attr_type());
             let separator = match (i, j) {
                 (0, 0) => "",
                 (_, 0) => ",",
@@ -128,20 +125,56 @@ pub fn configured_subject(text: &str) -> Result<String, String> {
     }
 }
 
-/// The name a certificate's attribute type goes by in [`certificate_subject`], for a type
-/// written as that name, its long name (`commonName`) or its OID (`2.5.4.3`): RFC 4514
-/// readers take all three, and each must match.
+/// RFC 4514's attribute type names (§3), and e-mail, with their long names (RFC 4519)
+/// and OIDs: written any of the three ways in `tls_subject`, each is the same type.
+const NAMES: [(&str, &str, &str); 10] = [
+    ("CN", "commonName", "2.5.4.3"),
+    ("L", "localityName", "2.5.4.7"),
+    ("ST", "stateOrProvinceName", "2.5.4.8"),
+    ("O", "organizationName", "2.5.4.10"),
+    ("OU", "organizationalUnitName", "2.5.4.11"),
+    ("C", "countryName", "2.5.4.6"),
+    ("STREET", "streetAddress", "2.5.4.9"),
+    ("DC", "domainComponent", "0.9.2342.19200300.100.1.25"),
+    ("UID", "userId", "0.9.2342.19200300.100.1.1"),
+    ("EMAIL", "emailAddress", "1.2.840.113549.1.9.1"),
+];
+
+/// The name a certificate's attribute type goes by in its canonical subject: RFC 4514's,
+/// else x509-parser's registry's, else the OID.
+fn kind_of(oid: &Oid) -> String {
+    let dotted = oid.to_id_string();
+    if let Some((name, _, _)) = NAMES.iter().find(|(_, _, o)| *o == dotted) {
+        return (*name).to_owned();
+    }
+    match oid2abbrev(oid, oid_registry()) {
+        Ok(abbreviation) => abbreviation.to_owned(),
+        Err(_) => dotted,
+    }
+}
+
+/// A configured type as [`kind_of`] names it, for a type written as that name, its long
+/// name (`commonName`), its OID (`2.5.4.3`), or the registry's name for it.
 fn certificate_kind(kind: &str) -> String {
-    let registry = oid_registry();
+    // `E`, as some tools print e-mail.
+    let kind = match kind.eq_ignore_ascii_case("E") {
+        true => "EMAIL",
+        false => kind,
+    };
+    if let Some((name, _, _)) = NAMES
+        .iter()
+        .find(|(name, long, _)| name.eq_ignore_ascii_case(kind) || long.eq_ignore_ascii_case(kind))
+    {
+        return (*name).to_owned();
+    }
     let oid = match kind.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         true => kind.parse::<Oid>().ok(),
-        false => registry
+        false => oid_registry()
             .iter()
             .find(|(_, entry)| entry.sn().eq_ignore_ascii_case(kind))
             .map(|(oid, _)| oid.clone()),
     };
-    oid.and_then(|oid| oid2abbrev(&oid, registry).ok().map(str::to_owned))
-        .unwrap_or_else(|| kind.to_owned())
+    oid.map_or_else(|| kind.to_owned(), |oid| kind_of(&oid))
 }
 
 /// `TYPE=value`, with the type in upper case (`emailAddress` as x509's `EMAIL`) and the
@@ -261,6 +294,11 @@ mod tests {
             ("commonName=ops-admin", "CN=ops-admin"),
             ("2.5.4.3=ops-admin", "CN=ops-admin"),
             ("organizationName=Acme+2.5.4.11=Ops", "O=Acme+OU=Ops"),
+            (
+                "organizationalUnitName=Ops,streetAddress=x",
+                "OU=Ops,STREET=x",
+            ),
+            ("2.5.4.9=x,userId=u,E=a@b", "STREET=x,UID=u,EMAIL=a@b"),
             ("1.2.3.4=x", "1.2.3.4=x"),
             (r"CN=caf\C3\A9", "CN=café"),
             (r"CN=a\\ ,O=x", r"CN=a\\,O=x"),
