@@ -28,14 +28,19 @@ impl Schema {
     /// Read and compile a schema file's text: what is wrong, with the line it is on.
     pub fn load(text: &str) -> Result<Schema, String> {
         let schema: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        Schema::compile(&schema).map_err(|(pointer, message)| {
-            // Some errors (a `$ref` that leads nowhere) come without a location.
-            let line = line_of(text, &pointer).filter(|_| !pointer.is_empty());
-            match line {
-                Some(line) => format!("line {line}: {message} (at {pointer} of the schema)"),
-                None => message,
-            }
-        })
+        Schema::compile(&schema)
+            .and_then(|compiled| match unique_by_misnamed(&schema, &schema, "") {
+                Some(problem) => Err(problem),
+                None => Ok(compiled),
+            })
+            .map_err(|(pointer, message)| {
+                // Some errors (a `$ref` that leads nowhere) come without a location.
+                let line = line_of(text, &pointer).filter(|_| !pointer.is_empty());
+                match line {
+                    Some(line) => format!("line {line}: {message} (at {pointer} of the schema)"),
+                    None => message,
+                }
+            })
     }
 
     /// Compile a draft 2020-12 schema with `format` asserted (2020-12 only annotates it by
@@ -112,6 +117,41 @@ fn message(error: &jsonschema::ValidationError) -> String {
     match quoted.len() == masked.len() {
         true => masked,
         false => format!("{quoted}…"),
+    }
+}
+
+/// An `x-unique-by` naming a property its items do not have, which would compare nothing
+/// and let every repeat through: its pointer and why. Items whose properties are not
+/// listed (or behind a reference that is no local pointer) are not judged.
+fn unique_by_misnamed(root: &Value, value: &Value, at: &str) -> Option<(String, String)> {
+    match value {
+        Value::Object(members) => {
+            let property = members.get("x-unique-by").and_then(Value::as_str);
+            let items = members.get("items").and_then(|items| {
+                match items.get("$ref").and_then(Value::as_str) {
+                    Some(reference) => root.pointer(reference.strip_prefix('#')?),
+                    None => Some(items),
+                }
+            });
+            let listed = items.and_then(|items| items.get("properties"));
+            if let (Some(property), Some(Value::Object(listed))) = (property, listed) {
+                if !listed.contains_key(property) {
+                    return Some((
+                        format!("{at}/x-unique-by"),
+                        format!("x-unique-by names {property:?}, which its items' properties do not have"),
+                    ));
+                }
+            }
+            members.iter().find_map(|(key, child)| {
+                let key = key.replace('~', "~0").replace('/', "~1");
+                unique_by_misnamed(root, child, &format!("{at}/{key}"))
+            })
+        }
+        Value::Array(elements) => elements
+            .iter()
+            .enumerate()
+            .find_map(|(i, child)| unique_by_misnamed(root, child, &format!("{at}/{i}"))),
+        _ => None,
     }
 }
 
@@ -475,6 +515,19 @@ mod tests {
             "{}",
             thrice[0].message
         );
+    }
+
+    #[test]
+    fn unique_by_must_name_a_property_of_its_items() {
+        let text = "{\"type\": \"array\",\n\"x-unique-by\": \"userid\",\n\"items\": {\"$ref\": \"#/$defs/grant\"},\n\"$defs\": {\"grant\": {\"properties\": {\"user_id\": {}}}}}";
+        let error = Schema::load(text).err().unwrap();
+        assert!(
+            error.starts_with("line 2: x-unique-by names \"userid\""),
+            "{error}"
+        );
+        assert!(Schema::load(&text.replace("userid", "user_id")).is_ok());
+        // Unlisted properties are not judged.
+        assert!(Schema::load(r#"{"x-unique-by": "id", "items": {}}"#).is_ok());
     }
 
     #[test]
