@@ -390,6 +390,12 @@ impl Body for IdleTimeout {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
             this.waiting = false;
+            if let Some(Err(error)) = &frame {
+                // The client sees its answer cut; the record has the head's status.
+                this.span.in_scope(|| {
+                    crate::throttled!(warn!(error = %error_chain(error), "SWR's answer broke off midway; cutting it off"))
+                });
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if !this.waiting {

@@ -509,6 +509,12 @@ fn swr_stalling_mid_stream_cuts_the_client_off_after_the_idle_timeout() {
         "{}",
         gate.log()
     );
+
+    // SWR closing the connection midway: cut off too, and said so in the log.
+    swr.set(Behaviour::CutMidStream);
+    let answer = gate.send_raw(&guarded_request("cut-stream"));
+    assert_eq!((answer.status, answer.body.as_slice()), (201, &b"{"[..]));
+    assert!(gate.log().contains("broke off midway"), "{}", gate.log());
 }
 
 #[test]

@@ -50,6 +50,8 @@ pub enum Behaviour {
     StallMidAnswer {
         chunked: bool,
     },
+    /// Start a chunked 201 answer, send `{`, then close the connection.
+    CutMidStream,
     /// Answer requests for paths that are no image with this many bytes.
     Large(usize),
     /// Answer requests for paths that are no image with these bytes.
@@ -209,7 +211,11 @@ impl StandInSwr {
                         return;
                     }
                     if let Behaviour::StallMidAnswer { chunked } = behaviour {
-                        stall_mid_answer(stream, chunked).await;
+                        stall_mid_answer(stream, chunked, Duration::from_secs(100)).await;
+                        return;
+                    }
+                    if behaviour == Behaviour::CutMidStream {
+                        stall_mid_answer(stream, true, Duration::ZERO).await;
                         return;
                     }
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -283,7 +289,7 @@ impl StandInSwr {
 }
 
 /// Read (some of) the request, then begin an answer and stall in its body.
-async fn stall_mid_answer(mut stream: tokio::net::TcpStream, chunked: bool) {
+async fn stall_mid_answer(mut stream: tokio::net::TcpStream, chunked: bool, stall: Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut request = [0u8; 8192];
     let _ = stream.read(&mut request).await;
@@ -292,7 +298,7 @@ async fn stall_mid_answer(mut stream: tokio::net::TcpStream, chunked: bool) {
         true => b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n",
     };
     let _ = stream.write_all(answer).await;
-    tokio::time::sleep(Duration::from_secs(100)).await;
+    tokio::time::sleep(stall).await;
 }
 
 fn swr_error(status: StatusCode, code: &str, msg: &str) -> Response<Full<Bytes>> {
